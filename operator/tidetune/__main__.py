@@ -1,0 +1,5 @@
+import sys
+
+from tidetune.cli import main
+
+sys.exit(main())

@@ -1,0 +1,171 @@
+"""Names that make up the API's state machine: group, phases, condition types, reasons.
+
+Status is the state machine (STYLE.md §5): every phase, condition type and reason the
+operator writes is a constant here, so the operator, the trainer, the CLI and the tests
+spell them one way.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Final
+
+GROUP: Final = "tidetune.io"
+VERSION: Final = "v1alpha1"
+API_VERSION: Final = f"{GROUP}/{VERSION}"
+
+FINETUNEJOB_KIND: Final = "FineTuneJob"
+FINETUNEJOB_PLURAL: Final = "finetunejobs"
+FINETUNEJOB_SHORT_NAME: Final = "ftj"
+IDLEPOOL_KIND: Final = "IdlePool"
+IDLEPOOL_PLURAL: Final = "idlepools"
+CATEGORY: Final = "tidetune"
+
+#: Label put on everything a FineTuneJob owns (launcher, ConfigMap, pods).
+JOB_LABEL: Final = "tidetune.io/job"
+#: Label that hands a launched job to Kueue.
+KUEUE_QUEUE_LABEL: Final = "kueue.x-k8s.io/queue-name"
+
+#: Timeline bounds: keep the first and the last entries, drop the middle.
+TIMELINE_KEEP_FIRST: Final = 10
+TIMELINE_KEEP_LAST: Final = 90
+
+
+class Phase(StrEnum):
+    """Where a FineTuneJob is in its life. Terminal phases never change again."""
+
+    PENDING = "Pending"
+    QUEUED = "Queued"
+    RUNNING = "Running"
+    SUSPENDED = "Suspended"
+    EXPORTING = "Exporting"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    CANCELLED = "Cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (Phase.SUCCEEDED, Phase.FAILED, Phase.CANCELLED)
+
+
+class ConditionType(StrEnum):
+    """Condition types on a FineTuneJob, per the Kubernetes API conventions."""
+
+    VALIDATED = "Validated"
+    ADMITTED = "Admitted"
+    RUNNING = "Running"
+    SUSPENDED = "Suspended"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+
+
+class Reason(StrEnum):
+    """Machine-readable reasons, used by conditions and timeline entries alike."""
+
+    # validation
+    SPEC_VALID = "SpecValid"
+    SPEC_INVALID = "SpecInvalid"
+    SECRET_NOT_FOUND = "SecretNotFound"
+    SECRET_KEY_MISSING = "SecretKeyMissing"
+    CONFIG_MAP_NOT_FOUND = "ConfigMapNotFound"
+    POOL_NOT_FOUND = "PoolNotFound"
+    POOL_TOO_SMALL = "PoolTooSmall"
+    ESTIMATED = "Estimated"
+    # queueing and admission
+    WAITING_FOR_POOL_WINDOW = "WaitingForPoolWindow"
+    WAITING_FOR_CAPACITY = "WaitingForCapacity"
+    WAITING_FOR_KUEUE = "WaitingForKueue"
+    NOT_ENOUGH_WINDOW_LEFT = "NotEnoughWindowLeft"
+    ADMITTED = "Admitted"
+    LAUNCHED = "Launched"
+    # running
+    TRAINER_STARTED = "TrainerStarted"
+    CHECKPOINT_SAVED = "CheckpointSaved"
+    RESTARTING = "Restarting"
+    # suspend and resume
+    SUSPENDED_BY_USER = "SuspendedByUser"
+    RESUMED_BY_USER = "ResumedByUser"
+    WINDOW_CLOSING = "WindowClosing"
+    WINDOW_OPENED = "WindowOpened"
+    NODE_RECLAIMED = "NodeReclaimed"
+    RESUMED = "Resumed"
+    # the end
+    EXPORTING = "Exporting"
+    ARTIFACTS_EXPORTED = "ArtifactsExported"
+    ARTIFACTS_INVALID = "ArtifactsInvalid"
+    TRAINING_COMPLETE = "TrainingComplete"
+    TRAINER_FAILED = "TrainerFailed"
+    BAD_DATA = "BadData"
+    MAX_RUNTIME_EXCEEDED = "MaxRuntimeExceeded"
+    TOO_MANY_FAILURES = "TooManyFailures"
+    LAUNCHER_DELETED = "LauncherDeleted"
+    CANCELLED = "Cancelled"
+
+
+class Method(StrEnum):
+    """Training method (spec.method)."""
+
+    SFT = "sft"
+    DPO = "dpo"
+    CPT = "cpt"
+    GRPO = "grpo"
+    PPO = "ppo"
+
+    @property
+    def is_rl(self) -> bool:
+        return self in (Method.GRPO, Method.PPO)
+
+
+class TuningType(StrEnum):
+    LORA = "lora"
+    FULL = "full"
+
+
+class DataFormat(StrEnum):
+    """How each line of a dataset is laid out (spec.data.train.format)."""
+
+    MESSAGES = "messages"
+    PREFERENCE = "preference"
+    TEXT = "text"
+    PROMPT_COMPLETION = "prompt-completion"
+
+
+class Offload(StrEnum):
+    NONE = "none"
+    CPU = "cpu"
+
+
+class RewardPreset(StrEnum):
+    """Built-in reward rules for GRPO/PPO (spec.rl.rewards[].preset)."""
+
+    EXACT_MATCH = "exact-match"
+    NUMERIC_MATCH = "numeric-match"
+    CONTAINS_ANSWER = "contains-answer"
+    THINK_FORMAT = "think-format"
+    LENGTH_PENALTY = "length-penalty"
+
+
+class Day(StrEnum):
+    MON = "Mon"
+    TUE = "Tue"
+    WED = "Wed"
+    THU = "Thu"
+    FRI = "Fri"
+    SAT = "Sat"
+    SUN = "Sun"
+
+    @property
+    def weekday(self) -> int:
+        """Monday is 0, as in ``datetime.weekday()``."""
+        return list(Day).index(self)
+
+
+#: Spec fields that may change after a job has started (dotted camelCase paths).
+MUTABLE_AFTER_START: Final = ("suspend", "scheduling.priority", "scheduling.maxRuntime")
+
+#: Model URI schemes the trainer can load from.
+MODEL_URI_SCHEMES: Final = ("s3", "pvc", "file", "hf", "builtin")
+#: Built-in models (``builtin://NAME``): tiny random models for smoke tests of the platform.
+BUILTIN_MODELS: Final = ("tiny-llama",)
+#: Data and output URI schemes.
+DATA_URI_SCHEMES: Final = ("s3", "pvc", "file")
