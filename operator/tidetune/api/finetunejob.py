@@ -787,8 +787,12 @@ class FineTuneJobStatus(StatusModel):
     preemptions: int = Field(0, ge=0, description="Times the job was preempted and resumed.")
     failures: int = Field(0, ge=0, description="Genuine trainer failures retried so far.")
     run_seconds: float = Field(
-        0.0, ge=0, description="Wall-clock seconds spent running, across attempts."
+        0.0, ge=0, description="Wall-clock seconds spent running in finished stints."
     )
+    running_since: datetime | None = Field(
+        None, description="Start of the current running stint (maxRuntime counts it too)."
+    )
+    attempt: int = Field(0, ge=0, description="Launch attempts so far (1 after the first launch).")
     launcher: LauncherRef | None = Field(None, description="The launched training job.")
     checkpoints: list[CheckpointRef] = Field(
         default_factory=list, description="Complete checkpoints kept."

@@ -1,0 +1,345 @@
+"""Pure builders: the Kubernetes objects a FineTuneJob owns, as plain dicts.
+
+No I/O here (STYLE §3): handlers gather the world, these functions say what it should
+look like, and the tests check them without a cluster. Names are deterministic, so a
+restarted operator finds what it already created instead of creating it twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime
+from typing import Any
+
+import yaml
+
+from tidetune.api import FineTuneJob
+from tidetune.api.constants import JOB_LABEL, KUEUE_QUEUE_LABEL
+from tidetune.api.idlepool import IdlePool
+from tidetune_operator.config import OperatorConfig
+from tidetune_operator.layout import SPEC_FILE, SPEC_MOUNT, job_root, run_uri
+
+MAX_NAME = 63
+#: Kubeflow names pods "<job>-master-0" / "<job>-worker-N" and services after them
+#: (DNS-1035 labels ≤ 63), so the launched job's own name must leave room for that.
+MAX_LAUNCHER_NAME = 45
+ATTEMPT_LABEL = "tidetune.io/attempt"
+MANAGED_BY = {"app.kubernetes.io/managed-by": "tidetune"}
+
+#: The restricted Pod Security Standard for the trainer container.
+RESTRICTED_CONTAINER_SECURITY = {
+    "runAsNonRoot": True,
+    "allowPrivilegeEscalation": False,
+    "capabilities": {"drop": ["ALL"]},
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+RESTRICTED_POD_SECURITY = {
+    "runAsNonRoot": True,
+    "runAsUser": 1000,
+    "runAsGroup": 1000,
+    "fsGroup": 1000,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+
+
+def short_hash(text: str, length: int = 5) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
+def _truncate(name: str, limit: int) -> str:
+    return name[:limit].rstrip("-.")
+
+
+def config_map_name(job: FineTuneJob) -> str:
+    return (
+        _truncate(f"{job.metadata.name}-spec", MAX_NAME - 6)
+        + "-"
+        + short_hash(job.metadata.uid or job.metadata.name)
+    )
+
+
+def launcher_name(job: FineTuneJob, attempt: int) -> str:
+    """``<name>-<hash of uid>-<attempt>``: unique per job and attempt, stable across restarts."""
+    suffix = f"-{short_hash(job.metadata.uid or job.metadata.name)}-{attempt}"
+    return _truncate(job.metadata.name, MAX_LAUNCHER_NAME - len(suffix)) + suffix
+
+
+def owner_reference(job: FineTuneJob) -> dict[str, Any]:
+    return {
+        "apiVersion": job.api_version,
+        "kind": job.kind,
+        "name": job.metadata.name,
+        "uid": job.metadata.uid or "",
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def job_labels(job: FineTuneJob) -> dict[str, str]:
+    return {JOB_LABEL: job.metadata.name, **MANAGED_BY}
+
+
+def output_base(job: FineTuneJob, config: OperatorConfig) -> str | None:
+    return job.spec.output.uri or config.default_output_uri
+
+
+def job_root_uri(job: FineTuneJob, config: OperatorConfig) -> str | None:
+    base = output_base(job, config)
+    if base is None:
+        return None
+    return job_root(
+        base, job.metadata.namespace or "default", job.metadata.name, job.metadata.uid or ""
+    )
+
+
+def spec_document(job: FineTuneJob) -> dict[str, Any]:
+    """What the trainer reads: the manifest without status and cluster bookkeeping."""
+    return {
+        "apiVersion": job.api_version,
+        "kind": job.kind,
+        "metadata": {
+            "name": job.metadata.name,
+            "namespace": job.metadata.namespace,
+            "uid": job.metadata.uid,
+        },
+        "spec": job.spec.to_dict(),
+    }
+
+
+def build_config_map(job: FineTuneJob) -> dict[str, Any]:
+    """The ConfigMap that delivers the spec to the trainer pods."""
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": config_map_name(job),
+            "namespace": job.metadata.namespace,
+            "labels": job_labels(job),
+            "ownerReferences": [owner_reference(job)],
+        },
+        "data": {
+            SPEC_FILE: yaml.safe_dump(spec_document(job), sort_keys=False, allow_unicode=True)
+        },
+    }
+
+
+def _secret_env(job: FineTuneJob) -> list[dict[str, Any]]:
+    ref = job.spec.storage_secret_ref
+    if ref is None:
+        return []
+
+    def from_secret(var: str, key: str, optional: bool = False) -> dict[str, Any]:
+        selector: dict[str, Any] = {"name": ref.name, "key": key}
+        if optional:
+            selector["optional"] = True
+        return {"name": var, "valueFrom": {"secretKeyRef": selector}}
+
+    return [
+        from_secret("AWS_ACCESS_KEY_ID", "accessKey"),
+        from_secret("AWS_SECRET_ACCESS_KEY", "secretKey"),
+        from_secret("TIDETUNE_S3_ENDPOINT", "endpoint", optional=True),
+    ]
+
+
+def container_resources(job: FineTuneJob, config: OperatorConfig) -> dict[str, Any]:
+    res = job.spec.resources
+    defaults = config.default_resources
+    gpus = res.gpus_per_node
+    cpu = res.cpu or (_scale(defaults.cpu_per_gpu, gpus) if gpus else defaults.cpu_only_cpu)
+    memory = res.memory or (
+        _scale(defaults.memory_per_gpu, gpus) if gpus else defaults.cpu_only_memory
+    )
+    requests: dict[str, Any] = {"cpu": cpu, "memory": memory}
+    limits: dict[str, Any] = {"memory": memory}
+    if gpus:
+        requests[config.gpu_resource_name] = str(gpus)
+        limits[config.gpu_resource_name] = str(gpus)
+    return {"requests": requests, "limits": limits}
+
+
+def _scale(quantity: str, factor: int) -> str:
+    """``8`` × 4 → ``32``; ``64Gi`` × 2 → ``128Gi`` (whole-number quantities only)."""
+    digits = "".join(ch for ch in quantity if ch.isdigit() or ch == ".")
+    unit = quantity[len(digits) :]
+    value = float(digits) * factor
+    return f"{int(value) if value.is_integer() else value}{unit}"
+
+
+def trainer_command(job: FineTuneJob, config: OperatorConfig, root: str) -> list[str]:
+    """``torchrun`` (through the exit-code-preserving wrapper) running the trainer.
+
+    ``--output-uri`` is the base; the trainer adds ``<namespace>/<name>/<uid>`` itself.
+    """
+    base = output_base(job, config) or root
+    return [
+        "python",
+        "-m",
+        "tidetune_trainer.launch",
+        "-m",
+        "tidetune_trainer",
+        "--spec",
+        f"{SPEC_MOUNT}/{SPEC_FILE}",
+        "--run-uri",
+        run_uri(root),
+        "--output-uri",
+        base,
+        "--metrics-port",
+        str(config.trainer_metrics_port),
+    ]
+
+
+def pod_template(
+    job: FineTuneJob,
+    config: OperatorConfig,
+    pool: IdlePool | None,
+    root: str,
+    attempt: int,
+) -> dict[str, Any]:
+    """The pod template shared by Master and Workers."""
+    env: list[dict[str, Any]] = [
+        {"name": "TIDETUNE_JOB_NAME", "value": job.metadata.name},
+        {"name": "TIDETUNE_JOB_NAMESPACE", "value": job.metadata.namespace or "default"},
+        {"name": "TIDETUNE_JOB_UID", "value": job.metadata.uid or ""},
+        {"name": "TIDETUNE_ATTEMPT", "value": str(attempt)},
+        {"name": "TIDETUNE_TERMINATION_LOG", "value": "/dev/termination-log"},
+        {"name": "HOME", "value": "/tmp"},
+        *_secret_env(job),
+    ]
+    if job.spec.model_scheme != "hf":
+        env.append({"name": "HF_HUB_OFFLINE", "value": "1"})
+    container: dict[str, Any] = {
+        "name": "pytorch",
+        "image": config.trainer_image,
+        "imagePullPolicy": config.image_pull_policy,
+        "command": trainer_command(job, config, root),
+        "env": env,
+        "resources": container_resources(job, config),
+        "ports": [{"name": "metrics", "containerPort": config.trainer_metrics_port}]
+        if config.trainer_metrics_port
+        else [],
+        "volumeMounts": [
+            {"name": "spec", "mountPath": SPEC_MOUNT, "readOnly": True},
+            {"name": "scratch", "mountPath": "/tmp"},
+            {"name": "dshm", "mountPath": "/dev/shm"},
+        ],
+        "terminationMessagePath": "/dev/termination-log",
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "securityContext": {**RESTRICTED_CONTAINER_SECURITY, "readOnlyRootFilesystem": True},
+    }
+    spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "terminationGracePeriodSeconds": config.termination_grace_seconds,
+        "automountServiceAccountToken": False,
+        "securityContext": RESTRICTED_POD_SECURITY,
+        "containers": [container],
+        "volumes": [
+            {"name": "spec", "configMap": {"name": config_map_name(job)}},
+            {"name": "scratch", "emptyDir": {}},
+            {"name": "dshm", "emptyDir": {"medium": "Memory"}},
+        ],
+    }
+    if pool is not None:
+        if pool.spec.node_selector:
+            spec["nodeSelector"] = dict(pool.spec.node_selector)
+        if pool.spec.tolerations:
+            spec["tolerations"] = [t.to_dict() for t in pool.spec.tolerations]
+        if pool.spec.priority_class_name:
+            spec["priorityClassName"] = pool.spec.priority_class_name
+    return {
+        "metadata": {
+            "labels": {**job_labels(job), ATTEMPT_LABEL: str(attempt)},
+            "annotations": {"tidetune.io/job-uid": job.metadata.uid or ""},
+        },
+        "spec": spec,
+    }
+
+
+def build_pytorchjob(
+    job: FineTuneJob,
+    config: OperatorConfig,
+    pool: IdlePool | None,
+    attempt: int,
+    suspend: bool,
+) -> dict[str, Any]:
+    """A Kubeflow ``PyTorchJob`` (kubeflow.org/v1): Master plus ``nodes - 1`` Workers.
+
+    ``nprocPerNode`` is the GPUs per node, or ``1`` process per node for CPU jobs.
+    Restarts are the operator's call (it tells preemption from bad data), so pods never
+    restart in place and ``backoffLimit`` is 0.
+    """
+    root = job_root_uri(job, config)
+    if root is None:
+        raise ValueError(
+            "no output location: set spec.output.uri or the operator's defaultOutputUri"
+        )
+    template = pod_template(job, config, pool, root, attempt)
+    labels = {**job_labels(job), ATTEMPT_LABEL: str(attempt)}
+    if job.spec.scheduling.queue_name:
+        labels[KUEUE_QUEUE_LABEL] = job.spec.scheduling.queue_name
+    replicas: dict[str, Any] = {
+        "Master": {"replicas": 1, "restartPolicy": "Never", "template": template}
+    }
+    if job.spec.resources.nodes > 1:
+        replicas["Worker"] = {
+            "replicas": job.spec.resources.nodes - 1,
+            "restartPolicy": "Never",
+            "template": template,
+        }
+    nproc = job.spec.resources.gpus_per_node or 1
+    return {
+        "apiVersion": "kubeflow.org/v1",
+        "kind": "PyTorchJob",
+        "metadata": {
+            "name": launcher_name(job, attempt),
+            "namespace": job.metadata.namespace,
+            "labels": labels,
+            "ownerReferences": [owner_reference(job)],
+        },
+        "spec": {
+            "nprocPerNode": str(nproc),
+            "runPolicy": {
+                "suspend": suspend,
+                "backoffLimit": 0,
+                "cleanPodPolicy": "Running",
+            },
+            "pytorchReplicaSpecs": replicas,
+        },
+    }
+
+
+def build_event(
+    job: FineTuneJob,
+    reason: str,
+    message: str,
+    *,
+    warning: bool,
+    now: datetime,
+    uid_hint: str,
+) -> dict[str, Any]:
+    """A core/v1 Event about the job; the message is bounded (1 KiB)."""
+    stamp = now.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {
+            "name": f"{job.metadata.name}.{short_hash(uid_hint, 10)}",
+            "namespace": job.metadata.namespace,
+            "labels": job_labels(job),
+        },
+        "involvedObject": {
+            "apiVersion": job.api_version,
+            "kind": job.kind,
+            "name": job.metadata.name,
+            "namespace": job.metadata.namespace,
+            "uid": job.metadata.uid,
+        },
+        "reason": reason,
+        "message": message[:1024],
+        "type": "Warning" if warning else "Normal",
+        "source": {"component": "tidetune-operator"},
+        "reportingComponent": "tidetune-operator",
+        "reportingInstance": "tidetune-operator",
+        "firstTimestamp": stamp,
+        "lastTimestamp": stamp,
+        "count": 1,
+    }

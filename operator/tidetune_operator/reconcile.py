@@ -1,0 +1,720 @@
+"""The FineTuneJob state machine: from what the operator observes to what it does.
+
+:func:`decide` is pure (STYLE §3, §5): it takes a :class:`World` — the job, its newest
+launched object, what the trainer last wrote, what admission says — and returns a
+:class:`Decision`: the new status, the actions to take (create, suspend, resume or
+replace the launched job), and the timeline entries to publish as Events. The handlers
+in :mod:`tidetune_operator.handlers` gather the world and carry the decision out, so
+every path through the state machine is unit-tested without a cluster.
+
+Phases::
+
+    Pending ─▶ Queued ─▶ Running ⇄ Suspended
+       │         │         │  ▲       (suspend: true, window closing / opening)
+       │         │         ▼  │
+       │         │      (preempted / node reclaimed / crash ≤ maxFailures: next attempt)
+       │         │         ▼
+       └────────▶┴──▶ Failed     Running ─▶ Exporting ─▶ Succeeded
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import re
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from tidetune import exitcodes
+from tidetune.api import FineTuneJob, Phase, Reason
+from tidetune.api.constants import ConditionType
+from tidetune.api.idlepool import IdlePool
+from tidetune.api.types import parse_duration
+from tidetune.estimate import EstimateError, estimate
+from tidetune_operator import builders
+from tidetune_operator.admission import ADMIT_NOW, Admission
+from tidetune_operator.config import OperatorConfig
+from tidetune_operator.launchers import Launcher, LauncherPhase, LauncherState
+from tidetune_operator.status import (
+    add_timeline,
+    condition_true,
+    get_condition,
+    iso,
+    parse_time,
+    set_condition,
+)
+
+C = ConditionType
+
+#: Parameter counts of the builtin smoke-test models (tidetune_trainer.tiny builds them).
+BUILTIN_MODEL_PARAMS = {"tiny-llama": 200_000}
+_SIZE_HINT = re.compile(r"(?<![0-9a-z])(\d+(?:\.\d+)?)\s*([bm])(?![a-z])", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class RunState:
+    """What the trainer last wrote to ``progress.json`` (and ``estimate.json``)."""
+
+    state: str | None = None
+    step: int = 0
+    total_steps: int | None = None
+    epoch: float = 0.0
+    percent: float = 0.0
+    trained_tokens: float = 0.0
+    eta: str | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    checkpoints: list[dict[str, Any]] = field(default_factory=list)
+    message: str | None = None
+    exit_code: int | None = None
+    estimate: dict[str, Any] | None = None
+
+    @classmethod
+    def from_progress(
+        cls, progress: dict[str, Any], estimate_doc: dict[str, Any] | None = None
+    ) -> RunState:
+        def num(key: str, default: float = 0.0) -> float:
+            value = progress.get(key)
+            return (
+                float(value) if isinstance(value, int | float) and math.isfinite(value) else default
+            )
+
+        total = progress.get("totalSteps")
+        code = progress.get("exitCode")
+        return cls(
+            state=progress.get("state") if isinstance(progress.get("state"), str) else None,
+            step=int(num("step")),
+            total_steps=int(total) if isinstance(total, int | float) else None,
+            epoch=num("epoch"),
+            percent=min(100.0, max(0.0, num("percent"))),
+            trained_tokens=num("trainedTokens"),
+            eta=progress.get("eta") if isinstance(progress.get("eta"), str) else None,
+            metrics=dict(progress.get("metrics") or {}),
+            checkpoints=[c for c in progress.get("checkpoints") or [] if isinstance(c, dict)],
+            message=progress.get("message") if isinstance(progress.get("message"), str) else None,
+            exit_code=int(code) if isinstance(code, int) else None,
+            estimate=estimate_doc,
+        )
+
+
+@dataclass(frozen=True)
+class ArtifactCheck:
+    """The verified artifact manifest (``artifacts``), or why it is not valid."""
+
+    artifacts: list[dict[str, Any]] | None = None
+    problem: str | None = None
+
+
+@dataclass(frozen=True)
+class World:
+    job: FineTuneJob
+    now: datetime
+    launcher: dict[str, Any] | None = None
+    #: (reason, message) for each reference that is wrong (Secret, ConfigMaps, pool)
+    ref_problems: list[tuple[Reason, str]] = field(default_factory=list)
+    pool: IdlePool | None = None
+    admission: Admission = ADMIT_NOW
+    run: RunState | None = None
+    artifacts: ArtifactCheck | None = None
+
+
+class ActionKind(StrEnum):
+    CREATE_CONFIG_MAP = "CreateConfigMap"
+    CREATE_LAUNCHER = "CreateLauncher"
+    SUSPEND_LAUNCHER = "SuspendLauncher"
+    RESUME_LAUNCHER = "ResumeLauncher"
+    DELETE_LAUNCHER = "DeleteLauncher"
+
+
+@dataclass(frozen=True)
+class Action:
+    kind: ActionKind
+    body: dict[str, Any] | None = None
+    name: str | None = None
+
+
+@dataclass
+class Decision:
+    status: dict[str, Any]
+    actions: list[Action] = field(default_factory=list)
+    #: timeline entries added by this decision, each with ``warning`` for the Event type
+    events: list[dict[str, Any]] = field(default_factory=list)
+    #: the handler should read the artifact manifest and decide again
+    needs_artifacts: bool = False
+
+
+# --------------------------------------------------------------------------- estimate
+
+
+def model_params_hint(uri: str) -> int | None:
+    """Parameters from a model URI: builtin sizes, or a size in its name (``qwen2.5-1.5b``)."""
+    if uri.startswith("builtin://"):
+        return BUILTIN_MODEL_PARAMS.get(uri.removeprefix("builtin://"))
+    hits = _SIZE_HINT.findall(uri.rsplit("/", 2)[-2] if uri.endswith("/") else uri)
+    if not hits:
+        hits = _SIZE_HINT.findall(uri)
+    if not hits:
+        return None
+    number, unit = hits[-1]
+    return int(float(number) * (1e9 if unit.lower() == "b" else 1e6))
+
+
+def pre_run_estimate(
+    job: FineTuneJob, pool: IdlePool | None, config: OperatorConfig
+) -> dict[str, Any] | None:
+    """The estimate the operator can make from the spec alone, without reading any data.
+
+    Tokens are known before the run only with ``maxSteps`` (steps × rows × sequence
+    length × the packing fill); for epoch-based jobs the trainer counts them at start
+    and writes ``estimate.json``, which replaces this. ``None`` when the model size is
+    not known from its URI.
+    """
+    spec = job.spec
+    params = model_params_hint(spec.base_model.uri)
+    hp = spec.hyperparameters
+    if params is None or hp.max_steps is None:
+        return None
+    devices = spec.resources.nodes * max(spec.resources.gpus_per_node, 1)
+    fill = 0.95 if hp.packing else 0.6
+    tokens = int(
+        hp.max_steps
+        * hp.batch_size
+        * hp.gradient_accumulation_steps
+        * devices
+        * hp.max_seq_length
+        * fill
+    )
+    gpu_type = (
+        "cpu"
+        if spec.resources.gpus_per_node == 0
+        else spec.resources.gpu_type
+        or (pool.spec.gpu_type if pool is not None else None)
+        or config.default_gpu_type
+    )
+    try:
+        result = estimate(
+            tokens,
+            params,
+            gpu_type,
+            devices=devices,
+            nodes=spec.resources.nodes,
+            method=str(spec.method),
+            tuning=str(spec.tuning.type),
+            load_in_4bit=spec.tuning.load_in_4bit,
+            tables=config.estimate_tables,
+        )
+    except EstimateError:
+        return None
+    return {**result.to_status(), "gpuType": gpu_type, "sampled": False}
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+class _Builder:
+    """Accumulates one decision."""
+
+    def __init__(self, world: World, config: OperatorConfig, launcher: Launcher) -> None:
+        self.world = world
+        self.job = world.job
+        self.config = config
+        self.launcher = launcher
+        self.now = world.now
+        self.generation = world.job.metadata.generation
+        raw = (
+            world.job.status.model_dump(mode="json", by_alias=True, exclude_none=True)
+            if world.job.status
+            else {}
+        )
+        self.status: dict[str, Any] = copy.deepcopy(raw)
+        self.decision = Decision(status=self.status)
+
+    # -- status
+    @property
+    def phase(self) -> Phase:
+        return Phase(self.status.get("phase", Phase.PENDING))
+
+    def set_phase(self, phase: Phase, message: str | None = None) -> None:
+        self.status["phase"] = str(phase)
+        if message is not None:
+            self.status["message"] = message[:1024]
+
+    def condition(self, ctype: C, value: bool | None, reason: Reason | str, message: str) -> None:
+        set_condition(
+            self.status, str(ctype), value, str(reason), message, self.now, self.generation
+        )
+
+    def timeline(
+        self, etype: str, reason: Reason | str, message: str, warning: bool = False
+    ) -> None:
+        entry = add_timeline(self.status, self.now, etype, str(reason), message)
+        self.decision.events.append({**entry, "warning": warning})
+
+    def act(
+        self, kind: ActionKind, body: dict[str, Any] | None = None, name: str | None = None
+    ) -> None:
+        self.decision.actions.append(Action(kind, body, name))
+
+    # -- running time
+    def start_stint(self) -> None:
+        if not self.status.get("runningSince"):
+            self.status["runningSince"] = iso(self.now)
+        self.status.setdefault("startTime", iso(self.now))
+
+    def end_stint(self) -> None:
+        since = parse_time(self.status.pop("runningSince", None))
+        if since is not None:
+            elapsed = max(0.0, (self.now - since).total_seconds())
+            self.status["runSeconds"] = round(
+                float(self.status.get("runSeconds", 0.0)) + elapsed, 3
+            )
+
+    def elapsed_seconds(self) -> float:
+        total = float(self.status.get("runSeconds", 0.0))
+        since = parse_time(self.status.get("runningSince"))
+        if since is not None:
+            total += max(0.0, (self.now - since).total_seconds())
+        return total
+
+    # -- endings
+    def fail(self, reason: Reason, message: str) -> None:
+        self.end_stint()
+        self.set_phase(Phase.FAILED, message)
+        self.condition(C.FAILED, True, reason, message)
+        self.condition(C.RUNNING, False, reason, "the job failed")
+        self.status["completionTime"] = iso(self.now)
+        self.timeline("Failed", reason, message, warning=True)
+
+    def succeed(self, artifacts: list[dict[str, Any]]) -> None:
+        self.end_stint()
+        self.status["artifacts"] = artifacts
+        self.set_phase(Phase.SUCCEEDED, "training finished; artifacts exported and verified")
+        self.condition(C.RUNNING, False, Reason.TRAINING_COMPLETE, "training finished")
+        self.condition(
+            C.SUCCEEDED,
+            True,
+            Reason.TRAINING_COMPLETE,
+            f"{len(artifacts)} artifacts exported and verified",
+        )
+        self.status["completionTime"] = iso(self.now)
+        total = sum(int(a.get("sizeBytes", 0)) for a in artifacts)
+        self.timeline(
+            "Exported",
+            Reason.ARTIFACTS_EXPORTED,
+            f"{len(artifacts)} artifacts, {total} bytes, sha256 verified",
+        )
+        self.timeline("Succeeded", Reason.TRAINING_COMPLETE, "training finished")
+
+
+def _desired_suspend(world: World) -> Reason | None:
+    """Why the job must not run now, or None."""
+    if world.job.spec.suspend:
+        return Reason.SUSPENDED_BY_USER
+    return world.admission.evict
+
+
+def _apply_run_state(b: _Builder, run: RunState) -> None:
+    progress: dict[str, Any] = {
+        "step": run.step,
+        "epoch": round(run.epoch, 4),
+        "percent": round(run.percent, 2),
+        "trainedTokens": run.trained_tokens,
+    }
+    if run.total_steps is not None:
+        progress["totalSteps"] = run.total_steps
+    if run.eta:
+        progress["eta"] = run.eta
+    b.status["progress"] = progress
+    names = {
+        "loss": "trainLoss",
+        "trainLoss": "trainLoss",
+        "evalLoss": "evalLoss",
+        "learningRate": "learningRate",
+        "tokensPerSecond": "tokensPerSecond",
+        "gradNorm": "gradNorm",
+    }
+    metrics = {
+        names[k]: float(v)
+        for k, v in run.metrics.items()
+        if k in names and isinstance(v, int | float) and math.isfinite(v)
+    }
+    if metrics:
+        b.status["metrics"] = {**(b.status.get("metrics") or {}), **metrics}
+    known = {int(c.get("step", -1)) for c in b.status.get("checkpoints") or []}
+    checkpoints = sorted(
+        (
+            {
+                "step": int(c["step"]),
+                "uri": str(c.get("uri", "")),
+                **({"time": c["time"]} if c.get("time") else {}),
+            }
+            for c in run.checkpoints
+            if isinstance(c.get("step"), int)
+        ),
+        key=lambda c: c["step"],
+    )
+    for c in checkpoints:
+        if c["step"] not in known:
+            b.timeline(
+                "Checkpoint", Reason.CHECKPOINT_SAVED, f"checkpoint at step {c['step']}: {c['uri']}"
+            )
+    if checkpoints:
+        b.status["checkpoints"] = checkpoints
+    if run.estimate:
+        est = {
+            k: run.estimate[k]
+            for k in ("trainTokens", "gpuHours", "cost", "currency")
+            if k in run.estimate
+        }
+        if est and est != {k: (b.status.get("estimate") or {}).get(k) for k in est}:
+            b.status["estimate"] = {
+                **(b.status.get("estimate") or {}),
+                **est,
+                "sampled": bool(run.estimate.get("sampled", False)),
+            }
+            b.timeline(
+                "Estimated",
+                Reason.ESTIMATED,
+                f"trainer counted {int(est.get('trainTokens', 0))} tokens: "
+                f"{est.get('gpuHours', 0):.4g} GPU-hours, "
+                f"{est.get('cost', 0):.4g} {est.get('currency', '')}",
+            )
+
+
+def _outcome(world: World, message: str) -> exitcodes.Outcome:
+    """How a failed attempt ended: from the trainer's exit code, else its last state."""
+    run = world.run
+    if run is not None and run.exit_code is not None:
+        return exitcodes.classify(run.exit_code)
+    state = run.state if run is not None else None
+    if state == "preempted":
+        return exitcodes.Outcome.PREEMPTED
+    if state == "failed":
+        return exitcodes.Outcome.CRASHED
+    # the process died without saying why: killed with its node, OOM-killed, evicted
+    return exitcodes.Outcome.KILLED
+
+
+def _last_checkpoint(b: _Builder) -> str:
+    checkpoints = b.status.get("checkpoints") or []
+    return f"step {checkpoints[-1]['step']}" if checkpoints else "the start (no checkpoint yet)"
+
+
+# --------------------------------------------------------------------------- decide
+
+
+def decide(world: World, config: OperatorConfig, launcher: Launcher) -> Decision:
+    """The next status and actions for one FineTuneJob."""
+    b = _Builder(world, config, launcher)
+    job = world.job
+    if b.phase.terminal:
+        return b.decision
+    if world.ref_problems and world.launcher is None and not b.status.get("attempt"):
+        reason, message = world.ref_problems[0]
+        b.condition(C.VALIDATED, False, reason, message)
+        b.fail(reason, message)
+        return b.decision
+    if not condition_true(b.status, C.VALIDATED):
+        b.condition(
+            C.VALIDATED, True, Reason.SPEC_VALID, "spec, Secret, ConfigMaps and pool are valid"
+        )
+        b.timeline("Validated", Reason.SPEC_VALID, "spec and references are valid")
+        est = pre_run_estimate(job, world.pool, config)
+        if est is not None:
+            b.status["estimate"] = est
+            b.timeline(
+                "Estimated",
+                Reason.ESTIMATED,
+                f"{est['trainTokens']} tokens, {est['gpuHours']:.4g} GPU-hours "
+                f"on {est['gpuType']}, "
+                f"{est['cost']:.4g} {est['currency']}",
+            )
+    b.status["observedGeneration"] = job.metadata.generation
+    if job.spec.scheduling.pool:
+        b.status["pool"] = job.spec.scheduling.pool
+
+    budget = parse_duration(job.spec.scheduling.max_runtime)
+    if b.elapsed_seconds() > budget:
+        if world.launcher is not None:
+            b.act(ActionKind.DELETE_LAUNCHER, name=world.launcher["metadata"]["name"])
+        b.fail(
+            Reason.MAX_RUNTIME_EXCEEDED,
+            f"ran {b.elapsed_seconds():.0f}s across all attempts, over maxRuntime "
+            f"{job.spec.scheduling.max_runtime}; "
+            f"the last checkpoint ({_last_checkpoint(b)}) is kept",
+        )
+        return b.decision
+
+    if world.launcher is None:
+        _without_launcher(b)
+    else:
+        _with_launcher(b, world.launcher)
+    return b.decision
+
+
+def _launch(b: _Builder, attempt: int, suspend: bool) -> None:
+    job, world = b.job, b.world
+    b.act(ActionKind.CREATE_CONFIG_MAP, builders.build_config_map(job))
+    body = b.launcher.build(job, b.config, world.pool, attempt, suspend)
+    b.act(ActionKind.CREATE_LAUNCHER, body)
+    b.status["attempt"] = attempt
+    b.status["launcher"] = {
+        "kind": b.launcher.kind,
+        "name": body["metadata"]["name"],
+        "apiVersion": b.launcher.api_version,
+    }
+
+
+def _without_launcher(b: _Builder) -> None:
+    world, job = b.world, b.job
+    attempt = int(b.status.get("attempt", 0))
+    why_not = _desired_suspend(world)
+    if attempt == 0:
+        if why_not is Reason.SUSPENDED_BY_USER:
+            if b.phase is not Phase.SUSPENDED:
+                b.set_phase(
+                    Phase.SUSPENDED, "suspended before it started; set spec.suspend: false to run"
+                )
+                b.condition(C.SUSPENDED, True, Reason.SUSPENDED_BY_USER, "spec.suspend is true")
+                b.timeline("Suspended", Reason.SUSPENDED_BY_USER, "spec.suspend is true")
+            return
+        if not world.admission.admitted:
+            previous = get_condition(b.status, C.ADMITTED)
+            b.condition(C.ADMITTED, False, world.admission.reason, world.admission.message)
+            if b.phase is not Phase.QUEUED or (previous or {}).get("reason") != str(
+                world.admission.reason
+            ):
+                b.timeline("Queued", world.admission.reason, world.admission.message)
+            b.status.setdefault("queuedTime", iso(b.now))
+            b.set_phase(Phase.QUEUED, world.admission.message)
+            return
+        kueue = job.spec.scheduling.queue_name
+        _launch(b, 1, suspend=bool(kueue))
+        b.condition(C.ADMITTED, True, Reason.ADMITTED, world.admission.message)
+        b.condition(C.SUSPENDED, False, Reason.ADMITTED, "not suspended")
+        if job.spec.scheduling.pool:
+            b.timeline("Admitted", Reason.ADMITTED, f"admitted to pool {job.spec.scheduling.pool}")
+        name = b.status["launcher"]["name"]
+        if kueue:
+            b.set_phase(Phase.QUEUED, f"waiting for Kueue queue {kueue} to admit {name}")
+            b.condition(C.RUNNING, False, Reason.WAITING_FOR_KUEUE, f"queue {kueue}")
+            b.timeline(
+                "Launched",
+                Reason.WAITING_FOR_KUEUE,
+                f"{b.launcher.kind} {name} created suspended for Kueue queue {kueue}",
+            )
+        else:
+            b.start_stint()
+            b.set_phase(Phase.RUNNING, f"{b.launcher.kind} {name} launched")
+            b.condition(
+                C.RUNNING,
+                False,
+                Reason.LAUNCHED,
+                f"{b.launcher.kind} {name} created; waiting for pods",
+            )
+            b.timeline("Launched", Reason.LAUNCHED, f"{b.launcher.kind} {name} created")
+        return
+    # launched before, but the launched object is gone (deleted by hand, or the operator
+    # stopped between replacing attempts): launch the same attempt again; it resumes
+    # from the last checkpoint.
+    _launch(b, attempt, suspend=why_not is not None)
+    b.timeline(
+        "Relaunched",
+        Reason.LAUNCHER_DELETED,
+        f"{b.launcher.kind} for attempt {attempt} was missing; created it again, "
+        f"resuming from {_last_checkpoint(b)}",
+        warning=True,
+    )
+
+
+def _next_attempt(b: _Builder, old_name: str, why: str) -> None:
+    b.act(ActionKind.DELETE_LAUNCHER, name=old_name)
+    attempt = int(b.status.get("attempt", 1)) + 1
+    _launch(b, attempt, suspend=_desired_suspend(b.world) is not None)
+    b.timeline(
+        "Resumed", Reason.RESUMED, f"attempt {attempt} resumes from {_last_checkpoint(b)} ({why})"
+    )
+
+
+def _with_launcher(b: _Builder, obj: dict[str, Any]) -> None:
+    world = b.world
+    state = b.launcher.observe(obj)
+    if state.phase in (LauncherPhase.SUCCEEDED, LauncherPhase.FAILED):
+        if world.run is not None:
+            _apply_run_state(b, world.run)
+        _finished(b, obj, state)
+    else:
+        _alive(b, obj, state)
+        if world.run is not None:
+            _apply_run_state(b, world.run)
+
+
+def _finished(b: _Builder, obj: dict[str, Any], state: LauncherState) -> None:
+    """The launched job ended: export and succeed, resume, retry, or fail."""
+    world = b.world
+    name = obj["metadata"]["name"]
+    why_not = _desired_suspend(world)
+
+    if state.phase is LauncherPhase.SUCCEEDED:
+        if b.phase is not Phase.EXPORTING:
+            b.set_phase(Phase.EXPORTING, "training finished; verifying artifacts")
+        if world.artifacts is None:
+            b.decision.needs_artifacts = True
+            return
+        if world.artifacts.problem is not None:
+            b.fail(Reason.ARTIFACTS_INVALID, world.artifacts.problem)
+            return
+        b.succeed(world.artifacts.artifacts or [])
+        return
+
+    if state.phase is LauncherPhase.FAILED:
+        message = (
+            (world.run.message if world.run else None) or state.message or "the trainer failed"
+        )
+        outcome = _outcome(world, message)
+        b.end_stint()
+        if outcome is exitcodes.Outcome.BAD_INPUT:
+            b.fail(Reason.BAD_DATA, message)
+            return
+        if outcome in (exitcodes.Outcome.PREEMPTED, exitcodes.Outcome.KILLED):
+            if why_not is not None and outcome is exitcodes.Outcome.PREEMPTED:
+                # stopped on purpose (suspend / window closing) and the launcher reported it
+                # as a failure: stay suspended on the same attempt's checkpoint
+                b.set_phase(
+                    Phase.SUSPENDED, f"suspended ({why_not}); resumes from {_last_checkpoint(b)}"
+                )
+                return
+            b.status["preemptions"] = int(b.status.get("preemptions", 0)) + 1
+            what = (
+                exitcodes.describe(world.run.exit_code if world.run else None)
+                if outcome is exitcodes.Outcome.PREEMPTED
+                else "the trainer was killed (node reclaimed?)"
+            )
+            b.timeline(
+                "Preempted",
+                Reason.NODE_RECLAIMED,
+                f"{b.launcher.kind} {name}: {what}",
+                warning=True,
+            )
+            _next_attempt(b, name, "preempted")
+            b.set_phase(Phase.RUNNING, f"resuming after preemption #{b.status['preemptions']}")
+            b.condition(C.RUNNING, False, Reason.RESTARTING, "resuming after a preemption")
+            if why_not is None:
+                b.start_stint()
+            return
+        failures = int(b.status.get("failures", 0)) + 1
+        b.status["failures"] = failures
+        if failures > b.config.max_failures:
+            b.fail(
+                Reason.TOO_MANY_FAILURES, f"the trainer failed {failures} times; last: {message}"
+            )
+            return
+        b.timeline(
+            "Crashed",
+            Reason.TRAINER_FAILED,
+            f"attempt failed ({message}); retry {failures}/{b.config.max_failures}",
+            warning=True,
+        )
+        _next_attempt(b, name, f"retry {failures} of {b.config.max_failures}")
+        b.set_phase(
+            Phase.RUNNING, f"retrying after a trainer failure ({failures}/{b.config.max_failures})"
+        )
+        b.start_stint()
+        return
+
+
+def _alive(b: _Builder, obj: dict[str, Any], state: LauncherState) -> None:
+    """The launched job is pending, running, restarting or suspended."""
+    world, job = b.world, b.job
+    name = obj["metadata"]["name"]
+    why_not = _desired_suspend(world)
+    suspended = b.launcher.is_suspended(obj)
+    if why_not is not None:
+        if not suspended:
+            b.act(ActionKind.SUSPEND_LAUNCHER, name=name)
+        if b.phase is not Phase.SUSPENDED:
+            b.end_stint()
+            text = (
+                "spec.suspend is true"
+                if why_not is Reason.SUSPENDED_BY_USER
+                else world.admission.message
+            )
+            b.set_phase(
+                Phase.SUSPENDED, f"suspended: {text}; the trainer checkpoints before it stops"
+            )
+            b.condition(C.SUSPENDED, True, why_not, text)
+            b.condition(C.RUNNING, False, why_not, "suspended")
+            b.timeline("Suspended", why_not, f"{text}; checkpointing and stopping {name}")
+        return
+
+    if suspended:
+        if (
+            job.spec.scheduling.queue_name
+            and not condition_true(b.status, C.RUNNING)
+            and b.phase is Phase.QUEUED
+        ):
+            return  # Kueue decides when it runs
+        if not world.admission.admitted:
+            if b.phase is not Phase.SUSPENDED and b.phase is not Phase.QUEUED:
+                b.set_phase(Phase.SUSPENDED, world.admission.message)
+            return
+        b.act(ActionKind.RESUME_LAUNCHER, name=name)
+        was = get_condition(b.status, C.SUSPENDED)
+        reason = (
+            Reason.WINDOW_OPENED
+            if was and was.get("reason") == Reason.WINDOW_CLOSING
+            else Reason.RESUMED_BY_USER
+        )
+        b.condition(C.SUSPENDED, False, reason, "resumed")
+        b.set_phase(Phase.RUNNING, f"resuming from {_last_checkpoint(b)}")
+        b.condition(C.RUNNING, False, reason, "resuming")
+        b.timeline("Resumed", reason, f"{name} resumes from {_last_checkpoint(b)}")
+        b.start_stint()
+        return
+
+    if b.phase in (Phase.SUSPENDED, Phase.QUEUED, Phase.PENDING):
+        # Kueue (or a person) unsuspended it, or a resume we asked for took effect
+        b.condition(C.SUSPENDED, False, Reason.RESUMED, "running")
+        if b.phase is Phase.QUEUED:
+            b.timeline("Admitted", Reason.ADMITTED, f"{name} admitted")
+        b.set_phase(Phase.RUNNING)
+    b.start_stint()
+
+    if state.phase is LauncherPhase.RESTARTING:
+        running = get_condition(b.status, C.RUNNING) or {}
+        if running.get("reason") != Reason.RESTARTING:
+            b.status["preemptions"] = int(b.status.get("preemptions", 0)) + 1
+            b.condition(C.RUNNING, False, Reason.RESTARTING, state.message or "pods are restarting")
+            b.timeline(
+                "Preempted",
+                Reason.NODE_RECLAIMED,
+                f"{name} is restarting: {state.message or 'a pod was lost'}; "
+                f"resumes from {_last_checkpoint(b)}",
+                warning=True,
+            )
+        b.set_phase(Phase.RUNNING, "restarting after a lost pod")
+        return
+
+    exporting = world.run is not None and world.run.state == "exporting"
+    if state.phase is LauncherPhase.RUNNING:
+        running = get_condition(b.status, C.RUNNING) or {}
+        if running.get("status") != "True":
+            first = not any(e.get("type") == "Started" for e in b.status.get("timeline") or [])
+            b.condition(C.RUNNING, True, Reason.TRAINER_STARTED, f"{name} is running")
+            b.timeline(
+                "Started" if first else "Running",
+                Reason.TRAINER_STARTED,
+                f"{name} is running" + ("" if first else f" again, from {_last_checkpoint(b)}"),
+            )
+    if exporting:
+        b.set_phase(Phase.EXPORTING, "exporting artifacts")
+    else:
+        step = (b.status.get("progress") or {}).get("step")
+        total = (b.status.get("progress") or {}).get("totalSteps")
+        b.set_phase(
+            Phase.RUNNING,
+            f"step {step}/{total}"
+            if step is not None and total
+            else f"{name} {state.phase.lower()}",
+        )

@@ -1,0 +1,162 @@
+"""Pure builders: the PyTorchJob, ConfigMap and Event a FineTuneJob owns."""
+
+from __future__ import annotations
+
+import yaml
+
+from tests.tidetune_operator.conftest import make_job, make_pool
+from tidetune.api import FineTuneJob
+from tidetune_operator import builders
+from tidetune_operator.config import OperatorConfig
+from tidetune_operator.launchers import LauncherPhase, PyTorchJobLauncher, TrainJobLauncher
+
+
+def test_pytorchjob_has_master_workers_and_trainer(config: OperatorConfig) -> None:
+    job = make_job("sft-full.yaml")  # 2 nodes × 8 GPUs, h100
+    pj = builders.build_pytorchjob(job, config, None, attempt=1, suspend=False)
+    assert pj["apiVersion"] == "kubeflow.org/v1" and pj["kind"] == "PyTorchJob"
+    replicas = pj["spec"]["pytorchReplicaSpecs"]
+    assert replicas["Master"]["replicas"] == 1
+    assert replicas["Worker"]["replicas"] == 1
+    assert pj["spec"]["nprocPerNode"] == "8"
+    assert pj["spec"]["runPolicy"] == {
+        "suspend": False,
+        "backoffLimit": 0,
+        "cleanPodPolicy": "Running",
+    }
+    pod = replicas["Master"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["name"] == "pytorch"
+    assert container["image"] == "registry.example.com/tidetune/trainer:1.0"
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "8"
+    assert container["resources"]["requests"]["memory"] == "512Gi"
+    cmd = container["command"]
+    assert cmd[:5] == ["python", "-m", "tidetune_trainer.launch", "-m", "tidetune_trainer"]
+    assert cmd[cmd.index("--output-uri") + 1] == "s3://artifacts/team-b/"
+    run = cmd[cmd.index("--run-uri") + 1]
+    assert run == f"s3://artifacts/team-b/team-b/support-bot-full/{job.metadata.uid}/run"
+    # the spec comes from the owned ConfigMap, mounted read-only
+    spec_volume = next(v for v in pod["volumes"] if v["name"] == "spec")
+    assert spec_volume["configMap"]["name"] == builders.config_map_name(job)
+    assert pod["terminationGracePeriodSeconds"] == config.termination_grace_seconds
+
+
+def test_credentials_only_as_secret_refs(config: OperatorConfig) -> None:
+    job = make_job()
+    pj = builders.build_pytorchjob(job, config, None, attempt=1, suspend=False)
+    env = pj["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["env"]
+    by_name = {e["name"]: e for e in env}
+    for var, key in (("AWS_ACCESS_KEY_ID", "accessKey"), ("AWS_SECRET_ACCESS_KEY", "secretKey")):
+        assert "value" not in by_name[var]
+        assert by_name[var]["valueFrom"]["secretKeyRef"] == {"name": "s3-creds", "key": key}
+    assert by_name["TIDETUNE_S3_ENDPOINT"]["valueFrom"]["secretKeyRef"]["optional"] is True
+
+
+def test_restricted_security_context(config: OperatorConfig) -> None:
+    pj = builders.build_pytorchjob(make_job(), config, None, attempt=1, suspend=False)
+    pod = pj["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert pod["automountServiceAccountToken"] is False
+    sc = pod["containers"][0]["securityContext"]
+    assert sc["allowPrivilegeEscalation"] is False
+    assert sc["capabilities"] == {"drop": ["ALL"]}
+    assert sc["readOnlyRootFilesystem"] is True
+
+
+def test_pool_placement_and_kueue_label(config: OperatorConfig) -> None:
+    job = make_job(edits={"spec.scheduling.queueName": "team-a"})
+    pool = make_pool()
+    pj = builders.build_pytorchjob(job, config, pool, attempt=2, suspend=True)
+    pod = pj["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]
+    assert pod["nodeSelector"] == {"cloud.example.com/pool": "online-a100"}
+    assert pod["tolerations"] == [
+        {"key": "online-serving", "operator": "Exists", "effect": "NoSchedule"}
+    ]
+    assert pod["priorityClassName"] == "tidetune-preemptible"
+    labels = pj["metadata"]["labels"]
+    assert labels["kueue.x-k8s.io/queue-name"] == "team-a"
+    assert labels["tidetune.io/job"] == job.metadata.name
+    assert labels[builders.ATTEMPT_LABEL] == "2"
+    assert pj["spec"]["runPolicy"]["suspend"] is True
+    assert "Worker" not in pj["spec"]["pytorchReplicaSpecs"]
+
+
+def test_owner_reference_and_names_are_deterministic(config: OperatorConfig) -> None:
+    job = make_job(edits={"metadata.name": "a" * 63})
+    one = builders.build_pytorchjob(job, config, None, attempt=1, suspend=False)
+    two = builders.build_pytorchjob(job, config, None, attempt=1, suspend=False)
+    assert one == two
+    name = one["metadata"]["name"]
+    assert len(name) <= builders.MAX_LAUNCHER_NAME and name.endswith("-1")
+    assert builders.launcher_name(job, 2) != name
+    (ref,) = one["metadata"]["ownerReferences"]
+    assert ref == {
+        "apiVersion": "tidetune.io/v1alpha1",
+        "kind": "FineTuneJob",
+        "name": job.metadata.name,
+        "uid": job.metadata.uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def test_config_map_carries_the_spec_without_status(config: OperatorConfig) -> None:
+    job = make_job(status={"phase": "Running"})
+    cm = builders.build_config_map(job)
+    doc = yaml.safe_load(cm["data"]["job.yaml"])
+    assert "status" not in doc
+    again = FineTuneJob.model_validate(doc)
+    assert again.spec == job.spec
+    assert cm["metadata"]["ownerReferences"][0]["uid"] == job.metadata.uid
+
+
+def test_cpu_job_defaults(config: OperatorConfig) -> None:
+    job = make_job("quickstart.yaml")
+    pj = builders.build_pytorchjob(job, config, None, attempt=1, suspend=False)
+    container = pj["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]
+    assert "nvidia.com/gpu" not in container["resources"]["limits"]
+    assert container["resources"]["requests"] == {"cpu": "2", "memory": "4Gi"}
+    assert pj["spec"]["nprocPerNode"] == "1"
+
+
+def test_event_is_bounded(config: OperatorConfig) -> None:
+    from datetime import UTC, datetime
+
+    job = make_job()
+    event = builders.build_event(
+        job, "BadData", "x" * 5000, warning=True, now=datetime(2026, 1, 1, tzinfo=UTC), uid_hint="h"
+    )
+    assert len(event["message"]) == 1024 and event["type"] == "Warning"
+    assert event["involvedObject"]["uid"] == job.metadata.uid
+
+
+def test_launchers_observe_conditions() -> None:
+    pj = PyTorchJobLauncher()
+
+    def with_conditions(*types: str) -> dict[str, object]:
+        return {"status": {"conditions": [{"type": t, "status": "True"} for t in types]}}
+
+    assert pj.observe({}).phase is LauncherPhase.PENDING
+    assert pj.observe(with_conditions("Created", "Running")).phase is LauncherPhase.RUNNING
+    assert pj.observe(with_conditions("Created", "Restarting")).phase is LauncherPhase.RESTARTING
+    assert pj.observe(with_conditions("Created", "Suspended")).phase is LauncherPhase.SUSPENDED
+    assert pj.observe(with_conditions("Running", "Failed")).phase is LauncherPhase.FAILED
+    assert pj.observe(with_conditions("Running", "Succeeded")).phase is LauncherPhase.SUCCEEDED
+    assert pj.suspend_patch(True) == {"spec": {"runPolicy": {"suspend": True}}}
+    tj = TrainJobLauncher()
+    assert tj.observe(with_conditions("Complete")).phase is LauncherPhase.SUCCEEDED
+    assert tj.suspend_patch(False) == {"spec": {"suspend": False}}
+
+
+def test_trainjob_sibling_builds_the_same_trainer(config: OperatorConfig) -> None:
+    job = make_job("sft-full.yaml")
+    tj = TrainJobLauncher().build(job, config, make_pool(), attempt=1, suspend=False)
+    pj = PyTorchJobLauncher().build(job, config, make_pool(), attempt=1, suspend=False)
+    pj_container = pj["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]
+    assert tj["apiVersion"] == "trainer.kubeflow.org/v1alpha1"
+    assert tj["spec"]["trainer"]["command"] == pj_container["command"]
+    assert tj["spec"]["trainer"]["numNodes"] == 2
+    assert tj["spec"]["trainer"]["numProcPerNode"] == 8
+    override = tj["spec"]["podTemplateOverrides"][0]["spec"]
+    assert override["nodeSelector"] == {"cloud.example.com/pool": "online-a100"}

@@ -1,0 +1,377 @@
+"""The FineTuneJob state machine, path by path, with no cluster."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from tests.tidetune_operator.conftest import make_job
+from tidetune import exitcodes
+from tidetune.api import FineTuneJob, Phase, Reason
+from tidetune.api.constants import TIMELINE_KEEP_FIRST, TIMELINE_KEEP_LAST
+from tidetune_operator.admission import Admission
+from tidetune_operator.config import OperatorConfig
+from tidetune_operator.launchers import PyTorchJobLauncher
+from tidetune_operator.reconcile import (
+    ActionKind,
+    ArtifactCheck,
+    Decision,
+    RunState,
+    World,
+    decide,
+    model_params_hint,
+    pre_run_estimate,
+)
+from tidetune_operator.status import add_timeline
+
+T0 = datetime(2026, 11, 22, 22, 0, tzinfo=UTC)
+LAUNCHER = PyTorchJobLauncher()
+
+
+def step(job: FineTuneJob, config: OperatorConfig, **world: Any) -> tuple[FineTuneJob, Decision]:
+    """Decide once, and return the job with the decided status."""
+    world.setdefault("now", T0)
+    decision = decide(World(job=job, **world), config, LAUNCHER)
+    doc = job.model_dump(mode="json", by_alias=True, exclude_none=True)
+    doc["status"] = decision.status
+    return FineTuneJob.model_validate(doc), decision
+
+
+def launched(decision: Decision, *conditions: str, suspend: bool | None = None) -> dict[str, Any]:
+    body = next(a.body for a in decision.actions if a.kind is ActionKind.CREATE_LAUNCHER)
+    assert body is not None
+    obj = {**body, "status": {"conditions": [{"type": c, "status": "True"} for c in conditions]}}
+    if suspend is not None:
+        obj["spec"] = {**obj["spec"], "runPolicy": {**obj["spec"]["runPolicy"], "suspend": suspend}}
+    return obj
+
+
+def kinds(decision: Decision) -> list[ActionKind]:
+    return [a.kind for a in decision.actions]
+
+
+def types(decision: Decision) -> list[str]:
+    return [e["type"] for e in decision.events]
+
+
+def running_job(config: OperatorConfig, **edits: Any) -> tuple[FineTuneJob, dict[str, Any]]:
+    job, d = step(make_job(edits=edits or None), config)
+    return job, launched(d, "Created", "Running")
+
+
+def test_new_job_is_validated_estimated_and_launched(config: OperatorConfig) -> None:
+    job, d = step(
+        make_job(edits={"spec.scheduling.pool": None, "spec.hyperparameters.maxSteps": 500}), config
+    )
+    assert kinds(d) == [ActionKind.CREATE_CONFIG_MAP, ActionKind.CREATE_LAUNCHER]
+    st = job.status
+    assert st is not None and st.phase is Phase.RUNNING
+    assert st.attempt == 1 and st.launcher is not None and st.launcher.kind == "PyTorchJob"
+    assert st.start_time == T0 and st.observed_generation == 1
+    assert types(d) == ["Validated", "Estimated", "Launched"]
+    assert st.estimate is not None and st.estimate.gpu_hours > 0 and st.estimate.cost > 0
+    conds = {c.type: c.status for c in st.conditions}
+    assert conds == {
+        "Validated": "True",
+        "Admitted": "True",
+        "Suspended": "False",
+        "Running": "False",
+    }
+
+
+def test_bad_reference_fails_without_launching(config: OperatorConfig) -> None:
+    problem = (
+        Reason.SECRET_NOT_FOUND,
+        "spec.storageSecretRef: Secret s3-creds not found in namespace team-a",
+    )
+    job, d = step(make_job(), config, ref_problems=[problem])
+    assert d.actions == []
+    st = job.status
+    assert st is not None and st.phase is Phase.FAILED
+    failed = next(c for c in st.conditions if c.type == "Failed")
+    assert failed.reason == "SecretNotFound" and "s3-creds" in failed.message
+    assert d.events[-1]["warning"] is True
+    # terminal: nothing more happens
+    again, d2 = step(job, config)
+    assert d2.actions == [] and d2.events == [] and again.status == job.status
+
+
+def test_running_job_reports_progress_metrics_and_checkpoints(config: OperatorConfig) -> None:
+    job, pj = running_job(config)
+    run = RunState(
+        state="running",
+        step=120,
+        total_steps=900,
+        epoch=0.4,
+        percent=13.3,
+        trained_tokens=1.2e7,
+        eta="2026-11-23T04:00:00Z",
+        metrics={"loss": 1.84, "evalLoss": 1.91, "learningRate": 9.7e-5, "tokensPerSecond": 5100.0},
+        checkpoints=[
+            {
+                "step": 100,
+                "uri": "s3://x/run/checkpoints/step-00000100",
+                "time": "2026-11-22T23:00:00Z",
+            }
+        ],
+    )
+    job, d = step(job, config, launcher=pj, run=run, now=T0 + timedelta(hours=1))
+    st = job.status
+    assert st is not None and st.phase is Phase.RUNNING
+    assert st.progress is not None and (st.progress.step, st.progress.total_steps) == (120, 900)
+    assert st.metrics is not None and st.metrics.train_loss == 1.84 and st.metrics.eval_loss == 1.91
+    assert [c.step for c in st.checkpoints] == [100]
+    assert types(d) == ["Started", "Checkpoint"]
+    # the same observation again adds nothing to the timeline
+    _, d2 = step(job, config, launcher=pj, run=run, now=T0 + timedelta(hours=1, minutes=1))
+    assert d2.events == [] and d2.actions == []
+
+
+def test_suspend_and_resume_by_user(config: OperatorConfig) -> None:
+    job, pj = running_job(config)
+    job, _ = step(job, config, launcher=pj)
+    suspended_spec = FineTuneJob.model_validate(
+        {
+            **job.model_dump(mode="json", by_alias=True, exclude_none=True),
+            "spec": {**job.spec.to_dict(), "suspend": True},
+        }
+    )
+    job, d = step(suspended_spec, config, launcher=pj, now=T0 + timedelta(minutes=30))
+    assert kinds(d) == [ActionKind.SUSPEND_LAUNCHER]
+    assert job.status is not None and job.status.phase is Phase.SUSPENDED
+    assert job.status.run_seconds == 1800 and job.status.running_since is None
+    pj_suspended = {
+        **pj,
+        "spec": {**pj["spec"], "runPolicy": {**pj["spec"]["runPolicy"], "suspend": True}},
+        "status": {"conditions": [{"type": "Suspended", "status": "True"}]},
+    }
+    job, d = step(job, config, launcher=pj_suspended, now=T0 + timedelta(hours=2))
+    assert d.actions == []  # stays suspended; no duplicate suspend
+    resumed_spec = FineTuneJob.model_validate(
+        {
+            **job.model_dump(mode="json", by_alias=True, exclude_none=True),
+            "spec": {**job.spec.to_dict(), "suspend": False},
+        }
+    )
+    job, d = step(resumed_spec, config, launcher=pj_suspended, now=T0 + timedelta(hours=2))
+    assert kinds(d) == [ActionKind.RESUME_LAUNCHER]
+    assert job.status is not None and job.status.phase is Phase.RUNNING
+    assert d.events[-1]["reason"] == "ResumedByUser"
+
+
+def test_preempted_attempt_resumes_as_a_new_attempt(config: OperatorConfig) -> None:
+    job, pj = running_job(config)
+    job, _ = step(
+        job,
+        config,
+        launcher=pj,
+        run=RunState(state="running", step=50, checkpoints=[{"step": 40, "uri": "u"}]),
+    )
+    failed = {
+        **pj,
+        "status": {
+            "conditions": [{"type": "Failed", "status": "True", "message": "Master failed"}]
+        },
+    }
+    run = RunState(
+        state="preempted",
+        step=57,
+        checkpoints=[{"step": 40, "uri": "u"}, {"step": 57, "uri": "v"}],
+        exit_code=exitcodes.PREEMPTED,
+    )
+    job, d = step(job, config, launcher=failed, run=run)
+    assert kinds(d) == [
+        ActionKind.DELETE_LAUNCHER,
+        ActionKind.CREATE_CONFIG_MAP,
+        ActionKind.CREATE_LAUNCHER,
+    ]
+    assert d.actions[0].name == pj["metadata"]["name"]
+    new = d.actions[2].body
+    assert new is not None and new["metadata"]["name"].endswith("-2")
+    st = job.status
+    assert st is not None and st.preemptions == 1 and st.attempt == 2 and st.phase is Phase.RUNNING
+    assert "resumes from step 57" in d.events[-1]["message"]
+
+
+def test_killed_trainer_counts_as_reclaimed_node(config: OperatorConfig) -> None:
+    job, pj = running_job(config)
+    failed = {**pj, "status": {"conditions": [{"type": "Failed", "status": "True"}]}}
+    job, d = step(job, config, launcher=failed, run=RunState(state="running", step=12))
+    assert job.status is not None and job.status.preemptions == 1 and job.status.attempt == 2
+    assert any(e["reason"] == "NodeReclaimed" for e in d.events)
+
+
+def test_bad_data_fails_with_the_trainers_message(config: OperatorConfig) -> None:
+    job, pj = running_job(config)
+    failed = {**pj, "status": {"conditions": [{"type": "Failed", "status": "True"}]}}
+    message = "train.jsonl:17: assistant answer is empty"
+    job, d = step(
+        job,
+        config,
+        launcher=failed,
+        run=RunState(state="failed", message=message, exit_code=exitcodes.BAD_INPUT),
+    )
+    st = job.status
+    assert st is not None and st.phase is Phase.FAILED
+    cond = next(c for c in st.conditions if c.type == "Failed")
+    assert cond.reason == "BadData" and cond.message == message
+    assert d.actions == []
+
+
+def test_crashes_are_retried_then_fail(config: OperatorConfig) -> None:
+    job, pj = running_job(config)
+    for attempt in range(1, config.max_failures + 2):
+        failed = {**pj, "status": {"conditions": [{"type": "Failed", "status": "True"}]}}
+        job, d = step(
+            job,
+            config,
+            launcher=failed,
+            run=RunState(state="failed", message="CUDA error", exit_code=1),
+        )
+        assert job.status is not None
+        if attempt <= config.max_failures:
+            assert job.status.phase is Phase.RUNNING and job.status.failures == attempt
+            pj = launched(d, "Running")
+        else:
+            assert job.status.phase is Phase.FAILED
+            assert (
+                next(c for c in job.status.conditions if c.type == "Failed").reason
+                == "TooManyFailures"
+            )
+
+
+def test_success_verifies_artifacts(config: OperatorConfig) -> None:
+    job, pj = running_job(config)
+    done = {**pj, "status": {"conditions": [{"type": "Succeeded", "status": "True"}]}}
+    exporting, d = step(
+        job,
+        config,
+        launcher=done,
+        run=RunState(state="succeeded", step=60, total_steps=60, percent=100),
+    )
+    assert (
+        d.needs_artifacts
+        and exporting.status is not None
+        and exporting.status.phase is Phase.EXPORTING
+    )
+    art = {"name": "final", "uri": "s3://a/final", "sizeBytes": 10, "sha256": "0" * 64}
+    job2, d = step(job, config, launcher=done, artifacts=ArtifactCheck(artifacts=[art]))
+    assert job2.status is not None and job2.status.phase is Phase.SUCCEEDED
+    assert job2.status.artifacts[0].name == "final" and job2.status.completion_time == T0
+    assert types(d)[-2:] == ["Exported", "Succeeded"]
+    job3, _ = step(
+        job, config, launcher=done, artifacts=ArtifactCheck(problem="manifest.json is missing")
+    )
+    assert job3.status is not None and job3.status.phase is Phase.FAILED
+
+
+def test_max_runtime_counts_all_attempts(config: OperatorConfig) -> None:
+    job, pj = running_job(config, **{"spec.scheduling.maxRuntime": "1h"})
+    job, d = step(job, config, launcher=pj, now=T0 + timedelta(minutes=61))
+    assert kinds(d) == [ActionKind.DELETE_LAUNCHER]
+    assert job.status is not None and job.status.phase is Phase.FAILED
+    assert (
+        next(c for c in job.status.conditions if c.type == "Failed").reason == "MaxRuntimeExceeded"
+    )
+
+
+def test_kueue_job_waits_for_kueue(config: OperatorConfig) -> None:
+    job, d = step(
+        make_job(edits={"spec.scheduling.queueName": "team-a", "spec.scheduling.pool": None}),
+        config,
+    )
+    body = d.actions[1].body
+    assert body is not None and body["spec"]["runPolicy"]["suspend"] is True
+    assert body["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a"
+    assert (
+        job.status is not None
+        and job.status.phase is Phase.QUEUED
+        and job.status.start_time is None
+    )
+    pj = launched(d, "Created", "Suspended", suspend=True)
+    job, d = step(job, config, launcher=pj)
+    assert d.actions == [] and job.status is not None and job.status.phase is Phase.QUEUED
+    # Kueue admits: unsuspends the PyTorchJob
+    admitted = {
+        **pj,
+        "spec": {**pj["spec"], "runPolicy": {"suspend": False}},
+        "status": {"conditions": [{"type": "Running", "status": "True"}]},
+    }
+    job, d = step(job, config, launcher=admitted)
+    assert d.actions == []
+    assert (
+        job.status is not None
+        and job.status.phase is Phase.RUNNING
+        and job.status.start_time is not None
+    )
+
+
+def test_deleted_launcher_is_recreated_for_the_same_attempt(config: OperatorConfig) -> None:
+    job, pj = running_job(config)
+    job, _ = step(job, config, launcher=pj)
+    job, d = step(job, config, launcher=None)
+    assert kinds(d) == [ActionKind.CREATE_CONFIG_MAP, ActionKind.CREATE_LAUNCHER]
+    body = d.actions[1].body
+    assert body is not None and body["metadata"]["name"] == pj["metadata"]["name"]
+    assert job.status is not None and job.status.attempt == 1
+
+
+def test_pool_window_queue_drain_and_reopen(config: OperatorConfig) -> None:
+    closed = Admission(False, Reason.WAITING_FOR_POOL_WINDOW, "night-a100 opens at 22:00 +08:00")
+    job, d = step(make_job(), config, admission=closed)
+    assert d.actions == [] and job.status is not None and job.status.phase is Phase.QUEUED
+    assert types(d) == ["Validated", "Queued"]
+    job, d = step(job, config, admission=closed)
+    assert d.events == []  # still queued for the same reason: no new timeline entry
+    job, d = step(job, config, admission=Admission(True, Reason.ADMITTED, "open"))
+    assert job.status is not None and job.status.phase is Phase.RUNNING and "Admitted" in types(d)
+    pj = launched(d, "Running")
+    drain = Admission(
+        True, Reason.ADMITTED, "night-a100 closes at 08:00", evict=Reason.WINDOW_CLOSING
+    )
+    job, d = step(job, config, launcher=pj, admission=drain)
+    assert kinds(d) == [ActionKind.SUSPEND_LAUNCHER]
+    assert job.status is not None and job.status.phase is Phase.SUSPENDED
+    suspended = {**pj, "spec": {**pj["spec"], "runPolicy": {"suspend": True}}}
+    job, d = step(
+        job,
+        config,
+        launcher=suspended,
+        admission=Admission(False, Reason.WAITING_FOR_POOL_WINDOW, "closed"),
+    )
+    assert d.actions == []
+    job, d = step(
+        job, config, launcher=suspended, admission=Admission(True, Reason.ADMITTED, "open")
+    )
+    assert kinds(d) == [ActionKind.RESUME_LAUNCHER] and d.events[-1]["reason"] == "WindowOpened"
+
+
+def test_restarting_launcher_counts_one_preemption(config: OperatorConfig) -> None:
+    job, pj = running_job(config)
+    restarting = {
+        **pj,
+        "status": {"conditions": [{"type": "Restarting", "status": "True", "message": "pod lost"}]},
+    }
+    job, d = step(job, config, launcher=restarting)
+    job, d2 = step(job, config, launcher=restarting)
+    assert job.status is not None and job.status.preemptions == 1
+    assert "Preempted" in types(d) and d2.events == []
+
+
+def test_timeline_is_bounded() -> None:
+    status: dict[str, Any] = {}
+    for i in range(250):
+        add_timeline(status, T0, "Checkpoint", "CheckpointSaved", f"checkpoint {i}")
+    timeline = status["timeline"]
+    assert len(timeline) == TIMELINE_KEEP_FIRST + TIMELINE_KEEP_LAST
+    assert timeline[0]["message"] == "checkpoint 0" and timeline[-1]["message"] == "checkpoint 249"
+
+
+def test_model_size_hints_and_estimate(config: OperatorConfig) -> None:
+    assert model_params_hint("s3://models/qwen2.5-1.5b/") == 1_500_000_000
+    assert model_params_hint("pvc://models/llama-3.2-3b") == 3_000_000_000
+    assert model_params_hint("s3://models/mystery/") is None
+    job = make_job(edits={"spec.hyperparameters.maxSteps": 1000})
+    est = pre_run_estimate(job, None, config)
+    assert est is not None and est["gpuType"] == "a100" and est["trainTokens"] > 0
+    assert pre_run_estimate(make_job(), None, config) is None  # epochs: the trainer counts
