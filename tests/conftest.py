@@ -1,0 +1,47 @@
+"""Fixtures shared by several test tiers: the Kubernetes API emulator and the lab.
+
+Imports of the heavy parts (kmock, aiohttp, moto) happen inside the fixtures, so that unit
+and trainer tests do not pay for them.
+"""
+
+from __future__ import annotations
+
+import pathlib
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import pytest
+
+if TYPE_CHECKING:
+    from tests.lab.lab import Lab
+    from tests.support.k8s import EmulatorServer
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def k8s(tmp_path: pathlib.Path) -> Iterator[EmulatorServer]:
+    """A fresh Kubernetes API emulator on loopback (https + token), with ``crds/`` applied.
+
+    ``k8s.kubeconfig`` is its kubeconfig, ``k8s.kubectl(...)`` runs kubectl against it,
+    ``k8s.call(fn)`` runs ``fn`` on its event loop (to read ``k8s.emulator`` safely).
+    """
+    from tests.support.k8s import EmulatorServer, KubernetesEmulator, load_crd_documents
+
+    crd_dir = REPO_ROOT / "crds"
+    crds = load_crd_documents([crd_dir]) if crd_dir.is_dir() else []
+    with EmulatorServer(tmp_path / "k8s", KubernetesEmulator(crds=crds)) as server:
+        yield server
+
+
+@pytest.fixture
+def lab(tmp_path: pathlib.Path) -> Iterator[Lab]:
+    """A started :class:`~tests.lab.lab.Lab` (API emulator + S3) in a temporary directory.
+
+    Add the operator with ``lab.add_operator()``, other children with ``lab.add_process()``
+    and in-process parts (the Kubeflow stand-in) with ``lab.add_component()``.
+    """
+    from tests.lab.lab import Lab
+
+    with Lab(tmp_path / "lab") as started:
+        yield started
