@@ -1035,7 +1035,9 @@ def test_python_m_tests_lab_prints_ready_and_stops_on_sigterm(tmp_path: pathlib.
                 break
         assert "ready" in line, f"no ready line; exit={proc.poll()}"
         info = json.loads((tmp_path / "lab.json").read_text())
-        assert info["operatorPid"] is None and info["metricsUrl"] is None
+        # the full stack: the TideTune operator runs supervised and serves metrics
+        assert isinstance(info["operatorPid"], int)
+        assert info["metricsUrl"].startswith("http://127.0.0.1:")
         assert (
             info["s3"]["bucket"] == "tidetune"
             and info["s3"]["accessKey"]

@@ -3,8 +3,12 @@
 Prints one line containing ``ready`` when everything is up, with where to find the
 kubeconfig and lab.json. Then, e.g.::
 
-    kubectl --kubeconfig DIR/kubeconfig apply --validate=false -f crds/ -f examples/quickstart.yaml
-    kubectl --kubeconfig DIR/kubeconfig get ftj -w
+    kubectl --kubeconfig DIR/kubeconfig get ftj -A -w
+
+It runs, on 127.0.0.1: the Kubernetes API emulator (CRDs applied), an S3 server (bucket
+``tidetune``), the Kubeflow training-operator stand-in (PyTorchJobs run as local
+``torchrun`` processes) and the TideTune operator (``kopf run``), restarted when it dies.
+``DIR/lab.json`` says where each part is (``s3``, ``operatorPid``, ``metricsUrl``).
 """
 
 from __future__ import annotations
@@ -17,7 +21,9 @@ import sys
 import threading
 from types import FrameType
 
+from tests.lab.kubeflow import KubeflowStandIn
 from tests.lab.lab import Lab
+from tests.lab.stack import build_lab
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -35,12 +41,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--no-s3", action="store_true", help="do not start the S3 server")
     parser.add_argument(
-        "--operator",
-        nargs="?",
-        const="tidetune_operator",
-        metavar="MODULE",
-        help="run `kopf run -A --standalone -m MODULE` supervised (default module:"
-        " tidetune_operator)",
+        "--no-operator",
+        action="store_true",
+        help="do not run the TideTune operator (run your own against the kubeconfig)",
+    )
+    parser.add_argument(
+        "--no-kubeflow",
+        action="store_true",
+        help="do not run the Kubeflow training-operator stand-in",
+    )
+    parser.add_argument(
+        "--clock-offset",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="TEST FACILITY: shift the operator's clock (pool windows) by this much",
     )
     parser.add_argument(
         "--run",
@@ -59,7 +74,20 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(message)s",
     )
-    lab = Lab(args.dir, crds=args.crds, s3=not args.no_s3)
+    if args.no_s3 and not args.no_operator:
+        print("--no-s3 needs --no-operator: the operator's jobs write to S3", file=sys.stderr)
+        return 2
+    if args.crds or args.no_s3:
+        lab = Lab(args.dir, crds=args.crds, s3=not args.no_s3)
+        if not args.no_kubeflow:
+            lab.add_component(KubeflowStandIn())
+    else:
+        lab = build_lab(
+            args.dir,
+            operator=not args.no_operator,
+            kubeflow=not args.no_kubeflow,
+            operator_env={"TIDETUNE_CLOCK_OFFSET": str(args.clock_offset)},
+        )
     for spec in args.run:
         name, sep, command = spec.partition("=")
         if not sep or not name or not command.strip():
@@ -69,8 +97,6 @@ def main(argv: list[str] | None = None) -> int:
             )
             return 2
         lab.add_process(name, shlex.split(command))
-    if args.operator:
-        lab.add_operator(args.operator)
 
     stop = threading.Event()
 

@@ -1,0 +1,716 @@
+"""The controller: an informer cache fed by kopf's watches, a work queue, and workers.
+
+kopf watches FineTuneJobs, the launched jobs and IdlePools and hands every event to
+:meth:`Controller.observe`, which updates an in-memory cache and queues the affected
+keys. Workers take one key at a time (a key is never reconciled by two workers at once),
+gather the world from the cache — plus the few reads that cannot come from a watch: the
+job's Secret, its reward ConfigMaps, the trainer's progress — call the pure
+:func:`~tidetune_operator.reconcile.decide`, and carry the decision out. Reconciling is
+by level: every job is re-queued periodically (``resyncIntervalSeconds``, or
+``observeIntervalSeconds`` while it runs), so a missed event only delays, never loses,
+a transition.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import logging
+import time
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from pydantic import ValidationError
+
+from tidetune.api import FineTuneJob, Phase, Reason
+from tidetune.api.constants import JOB_LABEL, ConditionType
+from tidetune.api.idlepool import IdlePool
+from tidetune.clock import Clock, SystemClock
+from tidetune.storage import S3Credentials, StorageError
+from tidetune_operator import admission, metrics, observe
+from tidetune_operator.builders import ATTEMPT_LABEL, build_event, job_root_uri
+from tidetune_operator.config import OperatorConfig
+from tidetune_operator.kube import (
+    CONFIGMAPS,
+    EVENTS,
+    FINETUNEJOBS,
+    IDLEPOOLS,
+    SECRETS,
+    ApiError,
+    Kube,
+    Resource,
+)
+from tidetune_operator.launchers import Launcher, LauncherPhase
+from tidetune_operator.reconcile import (
+    ActionKind,
+    ArtifactCheck,
+    Decision,
+    RunState,
+    World,
+    decide,
+)
+from tidetune_operator.status import iso, parse_time
+
+log = logging.getLogger("tidetune.operator")
+
+JobKey = tuple[str, str]
+QueueKey = tuple[str, str, str]  # ("job", namespace, name) or ("pool", "", name)
+
+ACTIVE_PHASES = {Phase.RUNNING, Phase.EXPORTING}
+
+
+@dataclass
+class _Observed:
+    at: float
+    run: RunState | None
+    launcher_version: str | None
+
+
+class Controller:
+    """Cache, queue and workers. One per operator process."""
+
+    def __init__(
+        self, config: OperatorConfig, launcher: Launcher, clock: Clock | None = None
+    ) -> None:
+        self.config = config
+        self.launcher = launcher
+        self.launcher_resource = Resource(launcher.group, launcher.version, launcher.plural)
+        self.clock: Clock = clock or SystemClock(config.clock_offset_seconds)
+        self.kube: Kube | None = None
+        self.jobs: dict[JobKey, dict[str, Any]] = {}
+        self.launched: dict[JobKey, dict[str, dict[str, Any]]] = {}
+        self.pools: dict[str, dict[str, Any]] = {}
+        self._queue: asyncio.Queue[QueueKey] | None = None
+        self._queued: set[QueueKey] = set()
+        self._active: set[QueueKey] = set()
+        self._dirty: set[QueueKey] = set()
+        self._timers: dict[QueueKey, asyncio.TimerHandle] = {}
+        self._observed: dict[JobKey, _Observed] = {}
+        self._pool_locks: dict[str, asyncio.Lock] = {}
+        self._workers: list[asyncio.Task[None]] = []
+        self._resync: asyncio.Task[None] | None = None
+        self.reconciles: Counter[str] = Counter()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self, kube: Kube) -> None:
+        if self.kube is not None:
+            return
+        self.kube = kube
+        self._queue = asyncio.Queue()
+        for key in list(self._queued):  # events that arrived before start
+            self._queue.put_nowait(key)
+        self._workers = [asyncio.create_task(self._worker(i)) for i in range(self.config.workers)]
+        self._resync = asyncio.create_task(self._resync_loop())
+
+    async def stop(self) -> None:
+        for task in [*self._workers, *([self._resync] if self._resync else [])]:
+            task.cancel()
+        await asyncio.gather(*self._workers, return_exceptions=True)
+        for handle in self._timers.values():
+            handle.cancel()
+        if self.kube is not None:
+            await self.kube.close()
+
+    # ------------------------------------------------------------------ events
+
+    def observe_job(self, event_type: str | None, body: dict[str, Any]) -> None:
+        meta = body.get("metadata", {})
+        key = (meta.get("namespace", ""), meta.get("name", ""))
+        if event_type == "DELETED":
+            self.jobs.pop(key, None)
+            self._observed.pop(key, None)
+            metrics.forget_job(*key)
+        else:
+            old = self.jobs.get(key)
+            if (
+                old is not None
+                and _rv(old)
+                and _rv(body)
+                and int(_rv(body) or 0) < int(_rv(old) or 0)
+            ):
+                return  # an older version than our write-through copy
+            self.jobs[key] = body
+        self.enqueue(("job", *key))
+
+    def observe_launched(self, event_type: str | None, body: dict[str, Any]) -> None:
+        meta = body.get("metadata", {})
+        job_name = (meta.get("labels") or {}).get(JOB_LABEL)
+        if not job_name:
+            return
+        key = (meta.get("namespace", ""), job_name)
+        objects = self.launched.setdefault(key, {})
+        if event_type == "DELETED":
+            objects.pop(meta.get("name", ""), None)
+            if not objects:
+                self.launched.pop(key, None)
+        else:
+            objects[meta.get("name", "")] = body
+        self.enqueue(("job", *key))
+
+    def observe_pool(self, event_type: str | None, body: dict[str, Any]) -> None:
+        name = body.get("metadata", {}).get("name", "")
+        if event_type == "DELETED":
+            self.pools.pop(name, None)
+        else:
+            self.pools[name] = body
+        self.enqueue(("pool", "", name))
+        for ns, job in self.jobs_in_pool(name):
+            self.enqueue(("job", ns, job))
+
+    # ------------------------------------------------------------------ queue
+
+    def enqueue(self, key: QueueKey, delay: float = 0.0) -> None:
+        if delay > 0:
+            handle = self._timers.get(key)
+            if handle is not None:
+                handle.cancel()
+            loop = asyncio.get_event_loop()
+            self._timers[key] = loop.call_later(delay, self.enqueue, key)
+            return
+        self._timers.pop(key, None)
+        if key in self._active:
+            self._dirty.add(key)
+            return
+        if key in self._queued:
+            return
+        self._queued.add(key)
+        if self._queue is not None:
+            self._queue.put_nowait(key)
+
+    async def _worker(self, index: int) -> None:
+        assert self._queue is not None
+        while True:
+            key = await self._queue.get()
+            self._queued.discard(key)
+            self._active.add(key)
+            started = time.perf_counter()
+            try:
+                if key[0] == "job":
+                    delay = await self.reconcile_job((key[1], key[2]))
+                else:
+                    delay = await self.reconcile_pool(key[2])
+                if delay is not None:
+                    self.enqueue(key, delay)
+            except asyncio.CancelledError:
+                raise
+            except Exception as err:
+                metrics.RECONCILE_ERRORS.labels(key[0]).inc()
+                transient = isinstance(err, ApiError | StorageError)
+                log.log(
+                    logging.WARNING if transient else logging.ERROR,
+                    "reconcile %s/%s failed (%s): %s; retrying",
+                    key[1],
+                    key[2],
+                    type(err).__name__,
+                    err,
+                    exc_info=not transient,
+                )
+                self.enqueue(key, 2.0 if transient else 10.0)
+            finally:
+                metrics.RECONCILE_DURATION.labels(key[0]).observe(time.perf_counter() - started)
+                self.reconciles[key[0]] += 1
+                self._active.discard(key)
+                if key in self._dirty:
+                    self._dirty.discard(key)
+                    self.enqueue(key)
+
+    async def _resync_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.resync_interval_seconds)
+            for ns, name in list(self.jobs):
+                self.enqueue(("job", ns, name))
+            for pool in list(self.pools):
+                self.enqueue(("pool", "", pool))
+            self._publish_phase_counts()
+
+    def _publish_phase_counts(self) -> None:
+        counts: Counter[tuple[str, str]] = Counter()
+        for (ns, _), body in self.jobs.items():
+            counts[(ns, str((body.get("status") or {}).get("phase", Phase.PENDING)))] += 1
+        metrics.set_phase_counts(dict(counts))
+
+    # ------------------------------------------------------------------ pools
+
+    def jobs_in_pool(self, pool: str) -> Iterable[JobKey]:
+        for key, body in self.jobs.items():
+            if ((body.get("spec") or {}).get("scheduling") or {}).get("pool") == pool:
+                yield key
+
+    def _candidates(self, pool_name: str) -> list[admission.Candidate]:
+        out = []
+        for key in self.jobs_in_pool(pool_name):
+            body = self.jobs[key]
+            cand = candidate(body)
+            if cand is not None:
+                out.append(cand)
+        return out
+
+    def _pool_model(self, name: str) -> IdlePool | None:
+        body = self.pools.get(name)
+        if body is None:
+            return None
+        try:
+            return IdlePool.model_validate(_strip(body))
+        except ValidationError:
+            return None
+
+    def _admission_for(
+        self, job: FineTuneJob, pool: IdlePool | None, now: datetime
+    ) -> admission.Admission:
+        if not job.spec.scheduling.pool or pool is None:
+            return admission.ADMIT_NOW
+        verdicts = admission.plan(pool, self._candidates(pool.metadata.name), now)
+        return verdicts.get(
+            (job.metadata.namespace or "", job.metadata.name),
+            admission.Admission(False, Reason.WAITING_FOR_POOL_WINDOW, "waiting for admission"),
+        )
+
+    async def reconcile_pool(self, name: str) -> float | None:
+        pool = self._pool_model(name)
+        if pool is None:
+            return None
+        now = self.clock.now()
+        candidates = self._candidates(name)
+        status = admission.pool_status(pool, candidates, now)
+        status["observedGeneration"] = pool.metadata.generation
+        current = self.pools[name].get("status") or {}
+        if any(current.get(k) != v for k, v in status.items()):
+            assert self.kube is not None
+            updated = await self.kube.patch(IDLEPOOLS, name, {"status": status}, sub="status")
+            self.pools[name] = updated
+        metrics.POOL_OPEN.labels(name).set(1 if status.get("open") else 0)
+        metrics.POOL_GPUS.labels(name).set(pool.spec.gpus)
+        metrics.POOL_GPUS_IN_USE.labels(name).set(int(status.get("gpusInUse", 0)))
+        metrics.POOL_QUEUED.labels(name).set(int(status.get("queuedJobs", 0)))
+        nxt = admission.next_decision_time(pool, now)
+        delay = self.config.resync_interval_seconds
+        if nxt is not None:
+            delay = min(delay, max(0.5, (nxt - now).total_seconds() + 0.5))
+            # wake the pool's jobs when the drain starts, when it closes and when it opens
+            for ns, job in self.jobs_in_pool(name):
+                self.enqueue(("job", ns, job), delay)
+        return delay
+
+    # ------------------------------------------------------------------ jobs
+
+    async def reconcile_job(self, key: JobKey) -> float | None:
+        body = self.jobs.get(key)
+        if body is None:
+            return None
+        pool_name = ((body.get("spec") or {}).get("scheduling") or {}).get("pool")
+        if pool_name:
+            lock = self._pool_locks.setdefault(pool_name, asyncio.Lock())
+            async with lock:  # admission decisions in one pool are serialized
+                return await self._reconcile_job(key, body)
+        return await self._reconcile_job(key, body)
+
+    async def _reconcile_job(self, key: JobKey, body: dict[str, Any]) -> float | None:
+        assert self.kube is not None
+        try:
+            job = FineTuneJob.model_validate(_strip(body))
+        except ValidationError as err:
+            await self._fail_invalid(key, body, err)
+            return None
+        status = body.get("status") or {}
+        phase = Phase(status.get("phase", Phase.PENDING))
+        if phase.terminal:
+            self._record_metrics(job, status)
+            return None
+        now = self.clock.now()
+        launched = self._newest_launched(key, job)
+        pool = self._pool_model(job.spec.scheduling.pool) if job.spec.scheduling.pool else None
+        validated = any(
+            c.get("type") == ConditionType.VALIDATED and c.get("status") == "True"
+            for c in status.get("conditions") or []
+        )
+        secret_data: dict[str, str] | None = None
+        problems: list[tuple[Reason, str]] = []
+        if not validated:
+            problems, secret_data = await self._check_refs(job, pool)
+        run: RunState | None = None
+        creds: S3Credentials | None = None
+        root = job_root_uri(job, self.config)
+        if launched is not None and root is not None:
+            lstate = self.launcher.observe(launched)
+            seen = self._observed.get(key)
+            fresh = (
+                seen is None
+                or time.monotonic() - seen.at >= self.config.observe_interval_seconds
+                or lstate.phase in (LauncherPhase.FAILED, LauncherPhase.SUCCEEDED)
+                or seen.launcher_version != _rv(launched)
+            )
+            if fresh:
+                creds = await self._credentials(job, secret_data)
+                run = await asyncio.to_thread(observe.read_run_state, root, creds)
+                self._observed[key] = _Observed(time.monotonic(), run, _rv(launched))
+            else:
+                run = seen.run if seen else None
+        world = World(
+            job=job,
+            now=now,
+            launcher=launched,
+            ref_problems=problems,
+            pool=pool,
+            admission=self._admission_for(job, pool, now),
+            run=run,
+        )
+        decision = decide(world, self.config, self.launcher)
+        if decision.needs_artifacts and root is not None:
+            creds = creds or await self._credentials(job, secret_data)
+            check: ArtifactCheck = await asyncio.to_thread(observe.verify_artifacts, root, creds)
+            decision = decide(
+                World(**{**world.__dict__, "artifacts": check}), self.config, self.launcher
+            )
+        await self._execute(job, decision)
+        new_status = await self._write_status(key, body, decision.status)
+        await self._post_events(job, decision)
+        self._record_transition(job, status, new_status)
+        self._record_metrics(job, new_status)
+        return self._next_delay(Phase(new_status.get("phase", Phase.PENDING)), job)
+
+    def _next_delay(self, phase: Phase, job: FineTuneJob) -> float | None:
+        if phase.terminal:
+            return None
+        if phase in ACTIVE_PHASES or (phase is Phase.SUSPENDED and self.launched.get(_key(job))):
+            return self.config.observe_interval_seconds
+        return self.config.resync_interval_seconds
+
+    def _newest_launched(self, key: JobKey, job: FineTuneJob) -> dict[str, Any] | None:
+        objects = [
+            o
+            for o in (self.launched.get(key) or {}).values()
+            if any(
+                ref.get("uid") == job.metadata.uid
+                for ref in (o.get("metadata") or {}).get("ownerReferences") or []
+            )
+        ]
+        if not objects:
+            return None
+        return max(
+            objects,
+            key=lambda o: int(
+                ((o.get("metadata") or {}).get("labels") or {}).get(ATTEMPT_LABEL, 0)
+            ),
+        )
+
+    async def _check_refs(
+        self, job: FineTuneJob, pool: IdlePool | None
+    ) -> tuple[list[tuple[Reason, str]], dict[str, str] | None]:
+        """Check what the spec refers to, in the job's own namespace only."""
+        assert self.kube is not None
+        ns = job.metadata.namespace or "default"
+        problems: list[tuple[Reason, str]] = []
+        secret_data = None
+        if job_root_uri(job, self.config) is None:
+            problems.append(
+                (
+                    Reason.SPEC_INVALID,
+                    "no output location: set spec.output.uri "
+                    "(the operator has no defaultOutputUri)",
+                )
+            )
+        ref = job.spec.storage_secret_ref
+        if ref is not None:
+            try:
+                secret = await self.kube.get(SECRETS, ref.name, ns)
+            except ApiError as err:
+                if not err.not_found:
+                    raise
+                problems.append(
+                    (
+                        Reason.SECRET_NOT_FOUND,
+                        f"spec.storageSecretRef: Secret {ref.name} not found in namespace {ns}; "
+                        "create it there with keys accessKey and secretKey "
+                        "(a job reads only Secrets of its own namespace)",
+                    )
+                )
+            else:
+                secret_data = _decode(secret.get("data") or {})
+                missing = [k for k in ("accessKey", "secretKey") if not secret_data.get(k)]
+                if missing:
+                    problems.append(
+                        (
+                            Reason.SECRET_KEY_MISSING,
+                            f"spec.storageSecretRef: Secret {ref.name} has no "
+                            f"{' or '.join(missing)}; "
+                            "it needs keys accessKey and secretKey (endpoint optional)",
+                        )
+                    )
+        if job.spec.rl is not None:
+            for i, rule in enumerate(job.spec.rl.rewards):
+                if rule.function is None:
+                    continue
+                cm = rule.function.config_map_ref
+                where = f"spec.rl.rewards[{i}].function.configMapRef"
+                try:
+                    found = await self.kube.get(CONFIGMAPS, cm.name, ns)
+                except ApiError as err:
+                    if not err.not_found:
+                        raise
+                    problems.append(
+                        (
+                            Reason.CONFIG_MAP_NOT_FOUND,
+                            f"{where}: ConfigMap {cm.name} not found in namespace {ns}",
+                        )
+                    )
+                    continue
+                if cm.key not in (found.get("data") or {}):
+                    problems.append(
+                        (
+                            Reason.CONFIG_MAP_NOT_FOUND,
+                            f"{where}: ConfigMap {cm.name} has no key {cm.key}",
+                        )
+                    )
+        pool_name = job.spec.scheduling.pool
+        if pool_name:
+            if pool is None:
+                problems.append(
+                    (
+                        Reason.POOL_NOT_FOUND,
+                        f"spec.scheduling.pool: IdlePool {pool_name} does not exist",
+                    )
+                )
+            elif job.spec.resources.total_gpus > pool.spec.gpus:
+                problems.append(
+                    (
+                        Reason.POOL_TOO_SMALL,
+                        f"spec.resources: the job needs {job.spec.resources.total_gpus} GPUs "
+                        f"({job.spec.resources.nodes} × {job.spec.resources.gpus_per_node}) "
+                        "but pool "
+                        f"{pool_name} has {pool.spec.gpus}",
+                    )
+                )
+        return problems, secret_data
+
+    async def _credentials(
+        self, job: FineTuneJob, known: dict[str, str] | None
+    ) -> S3Credentials | None:
+        ref = job.spec.storage_secret_ref
+        if ref is None:
+            return None
+        data = known
+        if data is None:
+            assert self.kube is not None
+            secret = await self.kube.get(SECRETS, ref.name, job.metadata.namespace)
+            data = _decode(secret.get("data") or {})
+        return observe.credentials_from_secret(data)
+
+    async def _execute(self, job: FineTuneJob, decision: Decision) -> None:
+        assert self.kube is not None
+        ns = job.metadata.namespace
+        for action in decision.actions:
+            if action.kind is ActionKind.CREATE_CONFIG_MAP:
+                assert action.body is not None
+                await self.kube.create_or_get(CONFIGMAPS, action.body)
+            elif action.kind is ActionKind.CREATE_LAUNCHER:
+                assert action.body is not None
+                obj, _ = await self.kube.create_or_get(self.launcher_resource, action.body)
+                self.observe_launched("ADDED", obj)
+            elif action.kind in (ActionKind.SUSPEND_LAUNCHER, ActionKind.RESUME_LAUNCHER):
+                assert action.name is not None
+                obj = await self.kube.patch(
+                    self.launcher_resource,
+                    action.name,
+                    self.launcher.suspend_patch(action.kind is ActionKind.SUSPEND_LAUNCHER),
+                    ns,
+                )
+                self.observe_launched("MODIFIED", obj)
+            elif action.kind is ActionKind.DELETE_LAUNCHER:
+                assert action.name is not None
+                await self.kube.delete(self.launcher_resource, action.name, ns)
+                self.launched.get(_key(job), {}).pop(action.name, None)
+
+    async def _write_status(
+        self, key: JobKey, body: dict[str, Any], status: dict[str, Any]
+    ) -> dict[str, Any]:
+        assert self.kube is not None
+        current = body.get("status") or {}
+        if status == current:
+            return current
+        patch: dict[str, Any] = dict(status)
+        for gone in set(current) - set(status):
+            patch[gone] = None
+        try:
+            updated = await self.kube.patch(
+                FINETUNEJOBS, key[1], {"status": patch}, key[0], sub="status"
+            )
+        except ApiError as err:
+            if err.not_found:
+                return status
+            raise
+        if key in self.jobs:
+            self.jobs[key] = updated  # write-through: the next plan sees it at once
+        return updated.get("status") or status
+
+    async def _post_events(self, job: FineTuneJob, decision: Decision) -> None:
+        assert self.kube is not None
+        for i, entry in enumerate(decision.events):
+            hint = f"{job.metadata.uid}/{entry['time']}/{entry['type']}/{entry['reason']}/{i}"
+            body = build_event(
+                job,
+                entry["reason"],
+                f"{entry['type']}: {entry['message']}",
+                warning=bool(entry.get("warning")),
+                now=self.clock.now(),
+                uid_hint=hint,
+            )
+            try:
+                await self.kube.create(EVENTS, body)
+            except ApiError as err:  # events are best effort; status holds the timeline
+                log.debug(
+                    "event for %s/%s not posted: %s", job.metadata.namespace, job.metadata.name, err
+                )
+
+    async def _fail_invalid(self, key: JobKey, body: dict[str, Any], err: ValidationError) -> None:
+        """A stored object the model rejects (the CRD is older or laxer): fail it, clearly."""
+        status = dict(body.get("status") or {})
+        if status.get("phase") == Phase.FAILED:
+            return
+        first = err.errors()[0]
+        path = ".".join(str(p) for p in first["loc"])
+        message = f"{path}: {first['msg']}"
+        now = iso(self.clock.now())
+        status.update(
+            phase=str(Phase.FAILED),
+            message=message,
+            completionTime=now,
+            conditions=[
+                {
+                    "type": "Validated",
+                    "status": "False",
+                    "reason": "SpecInvalid",
+                    "message": message,
+                    "lastTransitionTime": now,
+                },
+                {
+                    "type": "Failed",
+                    "status": "True",
+                    "reason": "SpecInvalid",
+                    "message": message,
+                    "lastTransitionTime": now,
+                },
+            ],
+            timeline=[
+                *(status.get("timeline") or []),
+                {"time": now, "type": "Failed", "reason": "SpecInvalid", "message": message[:1024]},
+            ],
+        )
+        await self._write_status(key, body, status)
+        return None
+
+    def _record_transition(
+        self, job: FineTuneJob, old: dict[str, Any], new: dict[str, Any]
+    ) -> None:
+        before, after = old.get("phase"), new.get("phase")
+        if after and after != before:
+            metrics.PHASE_TRANSITIONS.labels(after).inc()
+            pool = job.spec.scheduling.pool or ""
+            if after == Phase.RUNNING and before in (None, Phase.PENDING, Phase.QUEUED):
+                queued = parse_time(new.get("queuedTime"))
+                if queued is not None:
+                    metrics.QUEUE_WAIT.labels(pool).observe(
+                        max(0.0, (self.clock.now() - queued).total_seconds())
+                    )
+            if int(new.get("preemptions", 0)) > int(old.get("preemptions", 0)):
+                metrics.PREEMPTIONS.labels(job.metadata.namespace or "", pool).inc(
+                    int(new.get("preemptions", 0)) - int(old.get("preemptions", 0))
+                )
+        ran = float(new.get("runSeconds", 0.0)) - float(old.get("runSeconds", 0.0))
+        if ran > 0:
+            gpus = max(job.spec.resources.total_gpus, 0)
+            metrics.GPU_HOURS.labels(
+                job.metadata.namespace or "", job.spec.scheduling.pool or ""
+            ).inc(ran * gpus / 3600.0)
+
+    def _record_metrics(self, job: FineTuneJob, status: dict[str, Any]) -> None:
+        metrics.observe_job(
+            job.metadata.namespace or "",
+            job.metadata.name,
+            status,
+            job.spec.scheduling.pool or "",
+            str(job.spec.method),
+        )
+
+
+def candidate(body: dict[str, Any]) -> admission.Candidate | None:
+    """What admission needs to know about one job (None for jobs that are done)."""
+    meta = body.get("metadata") or {}
+    spec = body.get("spec") or {}
+    status = body.get("status") or {}
+    phase = status.get("phase", Phase.PENDING)
+    if phase in (Phase.SUCCEEDED, Phase.FAILED, Phase.CANCELLED):
+        return None
+    resources = spec.get("resources") or {}
+    gpus = int(resources.get("nodes", 1)) * int(resources.get("gpusPerNode", 1))
+    created = parse_time(meta.get("creationTimestamp")) or parse_time(status.get("queuedTime"))
+    suspended_reason = next(
+        (
+            c.get("reason")
+            for c in status.get("conditions") or []
+            if c.get("type") == "Suspended" and c.get("status") == "True"
+        ),
+        None,
+    )
+    running = int(status.get("attempt", 0)) > 0 and phase in (Phase.RUNNING, Phase.EXPORTING)
+    if spec.get("suspend") and not running:
+        return None  # suspended by its owner: neither waiting nor holding GPUs
+    interval = remaining = None
+    estimate = status.get("estimate") or {}
+    progress = status.get("progress") or {}
+    total = progress.get("totalSteps") or (spec.get("hyperparameters") or {}).get("maxSteps")
+    devices = max(gpus, 1)
+    if estimate.get("gpuHours"):
+        wall = float(estimate["gpuHours"]) / devices * 3600.0
+        remaining = wall * (1.0 - float(progress.get("percent", 0.0)) / 100.0)
+        if total:
+            every = int((spec.get("checkpointing") or {}).get("everySteps", 100))
+            interval = wall * min(1.0, every / float(total))
+    return admission.Candidate(
+        namespace=meta.get("namespace", ""),
+        name=meta.get("name", ""),
+        gpus=gpus,
+        priority=int((spec.get("scheduling") or {}).get("priority", 0)),
+        created=created or datetime.fromtimestamp(0).astimezone(),
+        running=running,
+        resuming=suspended_reason in (Reason.WINDOW_CLOSING, Reason.NODE_RECLAIMED)
+        or (
+            phase == Phase.SUSPENDED
+            and bool(status.get("checkpoints"))
+            and suspended_reason != Reason.SUSPENDED_BY_USER
+        ),
+        checkpoint_interval_seconds=interval,
+        remaining_seconds=remaining,
+    )
+
+
+def _strip(body: dict[str, Any]) -> dict[str, Any]:
+    """The parts of an API object the models read (kopf adds nothing we need)."""
+    return {k: body[k] for k in ("apiVersion", "kind", "metadata", "spec", "status") if k in body}
+
+
+def _rv(body: dict[str, Any]) -> str | None:
+    rv = (body.get("metadata") or {}).get("resourceVersion")
+    return str(rv) if rv is not None and str(rv).isdigit() else None
+
+
+def _key(job: FineTuneJob) -> JobKey:
+    return (job.metadata.namespace or "", job.metadata.name)
+
+
+def _decode(data: dict[str, str]) -> dict[str, str]:
+    out = {}
+    for k, v in data.items():
+        try:
+            out[k] = base64.b64decode(v).decode()
+        except (ValueError, UnicodeDecodeError):
+            out[k] = ""
+    return out
+
+
+def fingerprint(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:8]

@@ -1,0 +1,108 @@
+"""Reading what the trainer wrote: ``progress.json``, ``estimate.json``, the artifact manifest.
+
+The operator reads the run location with the job's own storage Secret (``get`` on one
+Secret in the job's namespace, held in memory only, never logged), and it reads no
+training data. Storage calls are blocking (minio), so callers run them in a thread.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from tidetune.storage import ObjectStore, S3Credentials, StorageError, open_store
+from tidetune_operator.layout import ESTIMATE_FILE, MANIFEST_FILE, PROGRESS_FILE, run_uri
+from tidetune_operator.reconcile import ArtifactCheck, RunState
+
+
+def credentials_from_secret(data: dict[str, str] | None) -> S3Credentials | None:
+    """S3 credentials from a Secret's decoded ``data`` (keys accessKey, secretKey, endpoint)."""
+    if not data:
+        return None
+    kwargs: dict[str, Any] = {
+        "access_key": data.get("accessKey"),
+        "secret_key": data.get("secretKey"),
+    }
+    if data.get("endpoint"):
+        kwargs["endpoint"] = data["endpoint"]
+    return S3Credentials(**kwargs)
+
+
+def _read_json(store: ObjectStore, key: str) -> dict[str, Any] | None:
+    try:
+        if not store.exists(key):
+            return None
+        value = json.loads(store.read_bytes(key))
+    except (StorageError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def read_run_state(root: str, credentials: S3Credentials | None) -> RunState | None:
+    """The trainer's last ``progress.json`` (with ``estimate.json``), or None if none yet.
+
+    Raises:
+        StorageError: the location cannot be reached (may heal: the caller retries).
+    """
+    store, key = open_store(run_uri(root), credentials)
+    progress = _read_json(store, ObjectStore.join(key, PROGRESS_FILE))
+    if progress is None:
+        return None
+    estimate_doc = _read_json(store, ObjectStore.join(key, ESTIMATE_FILE))
+    return RunState.from_progress(progress, estimate_doc)
+
+
+def verify_artifacts(root: str, credentials: S3Credentials | None) -> ArtifactCheck:
+    """Check ``manifest.json``: every listed file exists with its size, and each
+    directory artifact's sha256 is the digest of its file list. Returns the status list.
+    """
+    try:
+        store, key = open_store(root, credentials)
+        manifest = _read_json(store, ObjectStore.join(key, MANIFEST_FILE))
+    except StorageError as err:
+        return ArtifactCheck(problem=f"cannot read the artifact manifest: {err}")
+    if manifest is None:
+        return ArtifactCheck(
+            problem=f"{root}/{MANIFEST_FILE} is missing: the export did not finish"
+        )
+    artifacts = manifest.get("artifacts")
+    if not isinstance(artifacts, list) or not artifacts:
+        return ArtifactCheck(problem=f"{root}/{MANIFEST_FILE} lists no artifacts")
+    out = []
+    for art in artifacts:
+        name = art.get("name", "?")
+        files = art.get("files") or []
+        for f in files:
+            rel = f.get("uri", "")
+            prefix = root.rstrip("/") + "/"
+            file_key = ObjectStore.join(key, rel[len(prefix) :]) if rel.startswith(prefix) else None
+            if file_key is None:
+                return ArtifactCheck(problem=f"artifact {name}: file {rel} is outside {root}")
+            try:
+                size = store.size(file_key)
+            except StorageError:
+                return ArtifactCheck(problem=f"artifact {name}: {rel} is missing")
+            if size != f.get("sizeBytes"):
+                return ArtifactCheck(
+                    problem=f"artifact {name}: {rel} has {size} bytes, "
+                    f"the manifest says {f.get('sizeBytes')}"
+                )
+        if len(files) == 1 and files[0].get("path", "") == "":
+            digest = files[0].get("sha256")
+        else:
+            listing = "".join(
+                f"{f['sha256']}  {f['path']}\n" for f in sorted(files, key=lambda f: f["path"])
+            )
+            digest = hashlib.sha256(listing.encode()).hexdigest()
+        if digest != art.get("sha256"):
+            return ArtifactCheck(problem=f"artifact {name}: sha256 does not match its file list")
+        out.append(
+            {
+                "name": str(name),
+                "uri": str(art.get("uri", "")),
+                "sizeBytes": int(art.get("sizeBytes", 0)),
+                "sha256": str(art.get("sha256")),
+            }
+        )
+    return ArtifactCheck(artifacts=out)

@@ -1,0 +1,208 @@
+"""End to end: kubectl apply → operator → PyTorchJob → real torchrun → status and S3.
+
+Each test uses its own namespace in one shared lab (API emulator, S3, the Kubeflow
+stand-in and the operator as a real ``kopf run``), so they cannot see each other's jobs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+
+import pytest
+
+from tests.e2e.conftest import Stack, sha256_of_artifact, tiny_job, wait_for
+
+pytestmark = [pytest.mark.e2e]
+
+
+def test_job_trains_from_s3_and_tells_the_whole_story(stack: Stack, train_uri: str) -> None:
+    stack.namespace("e2e-ok")
+    stack.apply(tiny_job("story", "e2e-ok", train_uri, steps=8, every=4))
+    st = stack.wait_phase("e2e-ok", "story", "Succeeded", "Failed")
+    assert st["phase"] == "Succeeded", st.get("message")
+    conditions = {c["type"]: c for c in st["conditions"]}
+    assert conditions["Validated"]["status"] == "True"
+    assert conditions["Admitted"]["status"] == "True"
+    assert conditions["Succeeded"]["status"] == "True"
+    assert conditions["Running"]["status"] == "False"
+    for cond in conditions.values():
+        assert cond["lastTransitionTime"] and cond["reason"]
+    assert st["observedGeneration"] == 1
+    assert st["progress"]["step"] == st["progress"]["totalSteps"] == 8
+    assert st["progress"]["percent"] == 100
+    assert st["progress"]["trainedTokens"] > 0
+    assert st["metrics"]["trainLoss"] > 0 and st["metrics"]["tokensPerSecond"] > 0
+    assert st["estimate"]["trainTokens"] > 0 and st["estimate"]["currency"] == "USD"
+    assert [c["step"] for c in st["checkpoints"]] == [4]  # the end is exported, not checkpointed
+    assert st["launcher"]["kind"] == "PyTorchJob"
+    assert st["startTime"] and st["completionTime"]
+    types = [e["type"] for e in st["timeline"]]
+    for expected in ("Validated", "Launched", "Started", "Checkpoint", "Exported", "Succeeded"):
+        assert expected in types, types
+    # artifacts: the sha256 in status matches the bytes in S3
+    names = {a["name"] for a in st["artifacts"]}
+    assert "final" in names
+    for artifact in st["artifacts"]:
+        assert artifact["sizeBytes"] > 0
+        assert sha256_of_artifact(stack, artifact) == artifact["sha256"], artifact["name"]
+    # the timeline is also in Events
+    events = stack.core.list_namespaced_event("e2e-ok").items
+    reasons = {e.reason for e in events if e.involved_object.name == "story"}
+    assert {"SpecValid", "Launched", "TrainingComplete", "ArtifactsExported"} <= reasons
+    # kubectl shows the columns users look at
+    table = stack.kubectl("get", "ftj", "-n", "e2e-ok")
+    assert "Succeeded" in table and "100" in table
+
+
+def test_operator_killed_mid_run_is_restarted_and_launches_nothing_twice(
+    stack: Stack, train_uri: str
+) -> None:
+    stack.namespace("e2e-kill")
+    stack.apply(tiny_job("survivor", "e2e-kill", train_uri, steps=40, every=10))
+    stack.wait_step("e2e-kill", "survivor", 2)
+    pid = stack.operator_pid()
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    wait_for(
+        lambda: (p := stack.operator_pid()) is not None and p != pid,
+        60,
+        "the operator to be restarted",
+    )
+    st = stack.wait_phase("e2e-kill", "survivor", "Succeeded", "Failed", timeout=240)
+    assert st["phase"] == "Succeeded", st.get("message")
+    assert len(stack.pytorchjobs("e2e-kill", "survivor")) == 1
+    assert st["attempt"] == 1 and st["preemptions"] == 0
+
+
+def test_suspend_and_resume_continue_from_the_checkpoint(stack: Stack, train_uri: str) -> None:
+    stack.namespace("e2e-suspend")
+    stack.apply(tiny_job("pausable", "e2e-suspend", train_uri, steps=40, every=2))
+    stack.wait_step("e2e-suspend", "pausable", 4)
+    stack.kubectl(
+        "-n",
+        "e2e-suspend",
+        "patch",
+        "ftj",
+        "pausable",
+        "--type",
+        "merge",
+        "-p",
+        '{"spec":{"suspend":true}}',
+    )
+    st = stack.wait_phase("e2e-suspend", "pausable", "Suspended")
+    (pj,) = stack.pytorchjobs("e2e-suspend", "pausable")
+    assert pj["spec"]["runPolicy"]["suspend"] is True
+    wait_for(
+        lambda: any(
+            c["type"] == "Suspended" and c["status"] == "True"
+            for c in (stack.pytorchjobs("e2e-suspend", "pausable")[0].get("status") or {}).get(
+                "conditions", []
+            )
+        ),
+        90,
+        "the PyTorchJob to report Suspended (the trainer checkpointed and stopped)",
+    )
+    stopped = stack.status("e2e-suspend", "pausable")
+    checkpoint = max(c["step"] for c in stopped["checkpoints"])
+    assert checkpoint >= 4
+    stack.kubectl(
+        "-n",
+        "e2e-suspend",
+        "patch",
+        "ftj",
+        "pausable",
+        "--type",
+        "merge",
+        "-p",
+        '{"spec":{"suspend":false}}',
+    )
+    st = stack.wait_phase("e2e-suspend", "pausable", "Succeeded", "Failed", timeout=240)
+    assert st["phase"] == "Succeeded", st.get("message")
+    reasons = [e["reason"] for e in st["timeline"]]
+    assert "SuspendedByUser" in reasons and "ResumedByUser" in reasons
+    assert st["preemptions"] == 0 and len(stack.pytorchjobs("e2e-suspend", "pausable")) == 1
+    # the metrics curve is one trajectory: every step once, resumed right after the checkpoint
+    root = next(a for a in st["artifacts"] if a["name"] == "final")["uri"].removesuffix("final/")
+    lines = (
+        stack.get(root.removeprefix("s3://tidetune/") + "run/metrics.jsonl").decode().splitlines()
+    )
+    steps = [json.loads(line)["step"] for line in lines if '"loss"' in line]
+    assert steps == sorted(set(steps)) and steps[-1] == 40
+
+
+def test_deleting_a_running_job_cleans_up_and_keeps_artifacts(stack: Stack, train_uri: str) -> None:
+    stack.namespace("e2e-delete")
+    stack.apply(tiny_job("doomed", "e2e-delete", train_uri, steps=200, every=2))
+    st = stack.wait_step("e2e-delete", "doomed", 3)
+    uid = stack.ftj("e2e-delete", "doomed")["metadata"]["uid"]
+    assert len(stack.pytorchjobs("e2e-delete", "doomed")) == 1
+    stack.kubectl("-n", "e2e-delete", "delete", "ftj", "doomed")
+    wait_for(
+        lambda: not stack.pytorchjobs("e2e-delete", "doomed"),
+        60,
+        "the PyTorchJob to be garbage-collected",
+    )
+    configmaps = stack.core.list_namespaced_config_map(
+        "e2e-delete", label_selector="tidetune.io/job=doomed"
+    )
+    assert configmaps.items == []
+    # the trainer processes stop (the stand-in deletes the "pods")
+    wait_for(lambda: ("e2e-delete", "doomed") not in _running(stack), 60, "the trainer to stop")
+    # what was written stays in storage
+    assert stack.keys(f"artifacts/e2e-delete/doomed/{uid}/run/checkpoints/"), st
+
+
+def _running(stack: Stack) -> set[tuple[str, str]]:
+    from tests.lab.kubeflow import KubeflowStandIn
+
+    kf = next(c for c in stack.lab.components if isinstance(c, KubeflowStandIn))
+    return {
+        (ns, name.rsplit("-", 2)[0])
+        for (ns, name), run in kf.runs.items()
+        if run.job is not None and run.job.poll() is None
+    }
+
+
+@pytest.mark.parametrize("where", ["missing", "other-namespace"])
+def test_secret_must_exist_in_the_jobs_own_namespace(
+    stack: Stack, train_uri: str, where: str
+) -> None:
+    ns = f"e2e-secret-{where}"
+    stack.namespace(ns, secret=False)
+    if where == "other-namespace":
+        stack.namespace("e2e-secret-holder")  # has s3-creds; the job's namespace does not
+    stack.apply(tiny_job("no-creds", ns, train_uri))
+    st = stack.wait_phase(ns, "no-creds", "Failed", timeout=60)
+    failed = next(c for c in st["conditions"] if c["type"] == "Failed")
+    assert failed["reason"] == "SecretNotFound"
+    assert f"Secret s3-creds not found in namespace {ns}" in failed["message"]
+    validated = next(c for c in st["conditions"] if c["type"] == "Validated")
+    assert validated["status"] == "False"
+    time.sleep(1)
+    assert stack.pytorchjobs(ns, "no-creds") == []
+
+
+def test_bad_data_fails_with_the_line_numbered_message(stack: Stack) -> None:
+    stack.namespace("e2e-baddata")
+    good = (
+        '{"messages": [{"role": "user", "content": "hi"}, '
+        '{"role": "assistant", "content": "hello"}]}'
+    )
+    lines = [good] * 10
+    lines[2] = (
+        '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": ""}]}'
+    )
+    lines[6] = '{"messages": [{"role": "wizard", "content": "hi"}]}'
+    uri = stack.put("data/bad.jsonl", ("\n".join(lines) + "\n").encode())
+    stack.apply(tiny_job("bad", "e2e-baddata", uri))
+    st = stack.wait_phase("e2e-baddata", "bad", "Failed", "Succeeded", timeout=120)
+    assert st["phase"] == "Failed"
+    failed = next(c for c in st["conditions"] if c["type"] == "Failed")
+    assert failed["reason"] == "BadData", failed
+    assert "bad.jsonl:3" in failed["message"] and "bad.jsonl:7" in failed["message"], failed[
+        "message"
+    ]
+    assert st["failures"] == 0 and st["attempt"] == 1  # bad data is not retried
