@@ -152,9 +152,7 @@ def load_tables(path: str | Path, base: EstimateTables = DEFAULT_TABLES) -> Esti
             throughput=tables["throughput"],
             prices=tables["prices"],
             currency=currency,
-            multi_node_efficiency=float(
-                raw.get("multiNodeEfficiency", base.multi_node_efficiency)
-            ),
+            multi_node_efficiency=float(raw.get("multiNodeEfficiency", base.multi_node_efficiency)),
         )
     except EstimateError as e:
         raise EstimateError(f"{p}: {e}") from None

@@ -117,10 +117,16 @@ def build_config_map(job: FineTuneJob) -> dict[str, Any]:
             "labels": job_labels(job),
             "ownerReferences": [owner_reference(job)],
         },
-        "data": {
-            SPEC_FILE: yaml.safe_dump(spec_document(job), sort_keys=False, allow_unicode=True)
-        },
+        "data": {SPEC_FILE: _yaml(spec_document(job))},
     }
+
+
+#: libyaml's emitter when PyYAML has it (10× faster; the operator renders one per job)
+_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+
+
+def _yaml(doc: dict[str, Any]) -> str:
+    return yaml.dump(doc, Dumper=_DUMPER, sort_keys=False, allow_unicode=True)
 
 
 def _secret_env(job: FineTuneJob) -> list[dict[str, Any]]:

@@ -78,7 +78,7 @@ class OperatorConfig(BaseModel):
     max_failures: int = Field(
         3, alias="maxFailures", ge=0, description="Genuine trainer crashes retried before Failed."
     )
-    workers: int = Field(8, ge=1, le=256, description="Concurrent reconciles.")
+    workers: int = Field(16, ge=1, le=256, description="Concurrent reconciles.")
     request_timeout_seconds: float = Field(30.0, alias="requestTimeoutSeconds", gt=0)
     watch_timeout_seconds: int = Field(300, alias="watchTimeoutSeconds", gt=0)
     clock_offset_seconds: float = Field(

@@ -92,6 +92,7 @@ class Controller:
         self._observed: dict[JobKey, _Observed] = {}
         self._pool_locks: dict[str, asyncio.Lock] = {}
         self._workers: list[asyncio.Task[None]] = []
+        self._background: set[asyncio.Task[None]] = set()
         self._resync: asyncio.Task[None] | None = None
         self.reconciles: Counter[str] = Counter()
 
@@ -131,9 +132,9 @@ class Controller:
                 old is not None
                 and _rv(old)
                 and _rv(body)
-                and int(_rv(body) or 0) < int(_rv(old) or 0)
+                and int(_rv(body) or 0) <= int(_rv(old) or 0)
             ):
-                return  # an older version than our write-through copy
+                return  # our own write (cached from its response), or an older version
             self.jobs[key] = body
         self.enqueue(("job", *key))
 
@@ -149,6 +150,14 @@ class Controller:
             if not objects:
                 self.launched.pop(key, None)
         else:
+            old = objects.get(meta.get("name", ""))
+            if (
+                old is not None
+                and _rv(old)
+                and _rv(body)
+                and int(_rv(body) or 0) <= int(_rv(old) or 0)
+            ):
+                return  # already known (we created or patched it and cached the response)
             objects[meta.get("name", "")] = body
         self.enqueue(("job", *key))
 
@@ -338,7 +347,8 @@ class Controller:
         if launched is not None and root is not None:
             lstate = self.launcher.observe(launched)
             seen = self._observed.get(key)
-            fresh = (
+            started = bool((launched.get("status") or {}).get("conditions"))
+            fresh = started and (
                 seen is None
                 or time.monotonic() - seen.at >= self.config.observe_interval_seconds
                 or lstate.phase in (LauncherPhase.FAILED, LauncherPhase.SUCCEEDED)
@@ -503,15 +513,29 @@ class Controller:
     async def _execute(self, job: FineTuneJob, decision: Decision) -> None:
         assert self.kube is not None
         ns = job.metadata.namespace
+        creates = [
+            a for a in decision.actions
+            if a.kind in (ActionKind.CREATE_CONFIG_MAP, ActionKind.CREATE_LAUNCHER)
+        ]  # fmt: skip
+        if creates:  # independent objects (the pods mount the ConfigMap by name): in parallel
+            created = await asyncio.gather(
+                *(
+                    self.kube.create_or_get(
+                        CONFIGMAPS
+                        if a.kind is ActionKind.CREATE_CONFIG_MAP
+                        else self.launcher_resource,
+                        a.body or {},
+                    )
+                    for a in creates
+                )
+            )
+            for action, (obj, _) in zip(creates, created, strict=True):
+                if action.kind is ActionKind.CREATE_LAUNCHER:
+                    self.observe_launched("ADDED", obj)
         for action in decision.actions:
-            if action.kind is ActionKind.CREATE_CONFIG_MAP:
-                assert action.body is not None
-                await self.kube.create_or_get(CONFIGMAPS, action.body)
-            elif action.kind is ActionKind.CREATE_LAUNCHER:
-                assert action.body is not None
-                obj, _ = await self.kube.create_or_get(self.launcher_resource, action.body)
-                self.observe_launched("ADDED", obj)
-            elif action.kind in (ActionKind.SUSPEND_LAUNCHER, ActionKind.RESUME_LAUNCHER):
+            if action in creates:
+                continue
+            if action.kind in (ActionKind.SUSPEND_LAUNCHER, ActionKind.RESUME_LAUNCHER):
                 assert action.name is not None
                 obj = await self.kube.patch(
                     self.launcher_resource,
@@ -548,6 +572,13 @@ class Controller:
         return updated.get("status") or status
 
     async def _post_events(self, job: FineTuneJob, decision: Decision) -> None:
+        """Post the decision's Events in the background: status already holds the timeline."""
+        if decision.events:
+            task = asyncio.create_task(self._post_events_now(job, decision))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    async def _post_events_now(self, job: FineTuneJob, decision: Decision) -> None:
         assert self.kube is not None
         for i, entry in enumerate(decision.events):
             hint = f"{job.metadata.uid}/{entry['time']}/{entry['type']}/{entry['reason']}/{i}"

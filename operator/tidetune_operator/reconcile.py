@@ -19,7 +19,6 @@ Phases::
 
 from __future__ import annotations
 
-import copy
 import math
 import re
 from dataclasses import dataclass, field
@@ -28,7 +27,7 @@ from enum import StrEnum
 from typing import Any
 
 from tidetune import exitcodes
-from tidetune.api import FineTuneJob, Phase, Reason
+from tidetune.api import FineTuneJob, FineTuneJobStatus, Phase, Reason
 from tidetune.api.constants import ConditionType
 from tidetune.api.idlepool import IdlePool
 from tidetune.api.types import parse_duration
@@ -227,7 +226,7 @@ class _Builder:
             if world.job.status
             else {}
         )
-        self.status: dict[str, Any] = copy.deepcopy(raw)
+        self.status: dict[str, Any] = raw  # a fresh dump: ours to change
         self.decision = Decision(status=self.status)
 
     # -- status
@@ -409,12 +408,12 @@ def decide(world: World, config: OperatorConfig, launcher: Launcher) -> Decision
     b = _Builder(world, config, launcher)
     job = world.job
     if b.phase.terminal:
-        return b.decision
+        return _normalized(b.decision)
     if world.ref_problems and world.launcher is None and not b.status.get("attempt"):
         reason, message = world.ref_problems[0]
         b.condition(C.VALIDATED, False, reason, message)
         b.fail(reason, message)
-        return b.decision
+        return _normalized(b.decision)
     if not condition_true(b.status, C.VALIDATED):
         b.condition(
             C.VALIDATED, True, Reason.SPEC_VALID, "spec, Secret, ConfigMaps and pool are valid"
@@ -444,13 +443,22 @@ def decide(world: World, config: OperatorConfig, launcher: Launcher) -> Decision
             f"{job.spec.scheduling.max_runtime}; "
             f"the last checkpoint ({_last_checkpoint(b)}) is kept",
         )
-        return b.decision
+        return _normalized(b.decision)
 
     if world.launcher is None:
         _without_launcher(b)
     else:
         _with_launcher(b, world.launcher)
-    return b.decision
+    return _normalized(b.decision)
+
+
+def _normalized(decision: Decision) -> Decision:
+    """The status as the model writes it (defaults filled, times in one format), so that
+    an unchanged status compares equal to the stored one and is not written again."""
+    decision.status = FineTuneJobStatus.model_validate(decision.status).model_dump(
+        mode="json", by_alias=True, exclude_none=True
+    )
+    return decision
 
 
 def _launch(b: _Builder, attempt: int, suspend: bool) -> None:
@@ -548,6 +556,9 @@ def _with_launcher(b: _Builder, obj: dict[str, Any]) -> None:
         _alive(b, obj, state)
         if world.run is not None:
             _apply_run_state(b, world.run)
+            progress = b.status.get("progress") or {}
+            if b.phase is Phase.RUNNING and progress.get("totalSteps"):
+                b.status["message"] = f"step {progress['step']}/{progress['totalSteps']}"
 
 
 def _finished(b: _Builder, obj: dict[str, Any], state: LauncherState) -> None:
@@ -709,12 +720,7 @@ def _alive(b: _Builder, obj: dict[str, Any], state: LauncherState) -> None:
             )
     if exporting:
         b.set_phase(Phase.EXPORTING, "exporting artifacts")
+    elif state.phase is LauncherPhase.RUNNING:
+        b.set_phase(Phase.RUNNING, f"{name} is running")
     else:
-        step = (b.status.get("progress") or {}).get("step")
-        total = (b.status.get("progress") or {}).get("totalSteps")
-        b.set_phase(
-            Phase.RUNNING,
-            f"step {step}/{total}"
-            if step is not None and total
-            else f"{name} {state.phase.lower()}",
-        )
+        b.set_phase(Phase.RUNNING)  # pods pending: the launch message stands

@@ -1,0 +1,332 @@
+"""A training session: the job, its run and output locations, and the steps every recipe
+composes (data, model, estimate, engine, loop, export).
+
+Recipes (``tidetune_trainer.recipes.*``) call these steps in order; see
+``recipes/sft.py`` for the shape. Only rank 0 writes to the run and output locations
+(metrics, progress, estimate, artifacts); checkpoints are written by every rank.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tidetune.storage import ObjectStore, S3Credentials, open_store
+from tidetune_trainer.config import TrainConfig
+from tidetune_trainer.errors import BadInputError
+
+log = logging.getLogger(__name__)
+
+
+#: spec fields that hold URIs (dotted snake_case paths inside ``spec``)
+URI_FIELDS = (
+    ("base_model", "uri"),
+    ("data", "train", "uri"),
+    ("data", "validation", "uri"),
+    ("data", "mix_in", "uri"),
+    ("output", "uri"),
+)
+_CAMEL = {"base_model": "baseModel", "mix_in": "mixIn"}
+
+
+def resolve_relative_uris(body: dict[str, Any], base: Path) -> dict[str, Any]:
+    """Rewrite relative ``file://`` URIs in a manifest body (``file://data/x.jsonl``) to
+    absolute ones against ``base`` (the manifest's folder). Returns the body."""
+    spec = body.get("spec")
+    if not isinstance(spec, dict):
+        return body
+    for path in URI_FIELDS:
+        node: Any = spec
+        for part in path[:-1]:
+            node = node.get(_CAMEL.get(part, part)) if isinstance(node, dict) else None
+        if not isinstance(node, dict):
+            continue
+        uri = node.get(path[-1])
+        if isinstance(uri, str) and uri.startswith("file://") and not uri.startswith("file:///"):
+            node[path[-1]] = "file://" + str((base / uri[len("file://") :]).resolve())
+    return body
+
+
+def load_job(path: str | os.PathLike[str]) -> Any:
+    """Read and validate a FineTuneJob manifest (YAML or JSON); relative ``file://`` URIs
+    are resolved against the manifest's folder.
+
+    Raises :class:`BadInputError` listing every problem as ``FILE: spec.path: message``.
+    """
+    from tidetune.api import FineTuneJob
+    from tidetune.manifests import ManifestError, load_finetunejob
+
+    p = Path(path)
+    try:
+        job = load_finetunejob(p)
+    except ManifestError as e:
+        raise BadInputError(str(e)) from None
+    body = resolve_relative_uris(
+        job.model_dump(mode="json", by_alias=True, exclude_none=True), p.resolve().parent
+    )
+    return FineTuneJob.model_validate(body)
+
+
+@dataclass
+class Session:
+    """Everything a recipe needs; build with :meth:`create`."""
+
+    job: Any
+    cfg: TrainConfig
+    run_uri: str
+    output_uri: str
+    metrics_port: int | None = None
+    credentials: S3Credentials = field(default_factory=S3Credentials.from_env)
+    stop: Any = None
+    accelerator: Any = None
+    run_store: ObjectStore = field(init=False)
+    run_key: str = field(init=False)
+    reporter: Any = None
+    estimate: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        self.run_store, self.run_key = open_store(self.run_uri, self.credentials)
+
+    @classmethod
+    def create(
+        cls,
+        spec_path: str,
+        run_uri: str,
+        *,
+        output_uri: str | None = None,
+        metrics_port: int | None = None,
+        stop: Any = None,
+    ) -> Session:
+        job = load_job(spec_path)
+        cfg = TrainConfig.from_spec(job.spec)
+        out = output_uri or job.spec.output.uri or run_uri.rstrip("/") + "/output"
+        return cls(
+            job=job, cfg=cfg, run_uri=run_uri, output_uri=out, metrics_port=metrics_port, stop=stop
+        )
+
+    # ------------------------------------------------------------------ identity
+
+    @property
+    def namespace(self) -> str:
+        return str(self.job.metadata.namespace or "default")
+
+    @property
+    def name(self) -> str:
+        return str(self.job.metadata.name)
+
+    @property
+    def uid(self) -> str:
+        return str(self.job.metadata.uid or "local")
+
+    @property
+    def spec(self) -> Any:
+        return self.job.spec
+
+    @property
+    def is_main(self) -> bool:
+        return self.accelerator is None or bool(self.accelerator.is_main_process)
+
+    @property
+    def world_size(self) -> int:
+        return 1 if self.accelerator is None else int(self.accelerator.num_processes)
+
+    # ------------------------------------------------------------------ setup steps
+
+    def setup_distributed(self) -> None:
+        """Create the accelerator (the process group) and seed every RNG."""
+        from tidetune_trainer.engine import Engine, check_4bit, seed_everything
+
+        check_4bit(self.cfg)
+        self.accelerator = Engine.make_accelerator(self.cfg)
+        seed_everything(self.cfg.seed)
+
+    def prepare_data(self, method: str) -> tuple[Any, Any]:
+        """Read, validate, split, tokenize and pack the data; train the tiny tokenizer
+        when the model is ``builtin://tiny-llama``. Returns (PreparedData, tokenizer)."""
+        from tidetune_trainer.data.prepare import DataSettings, load_data, prepare_data
+        from tidetune_trainer.tiny import ModelLoadError, load_tokenizer
+
+        settings = DataSettings.from_spec(self.spec)
+        loaded = load_data(settings, self.credentials)
+        try:
+            tokenizer = load_tokenizer(
+                self.spec.base_model.uri,
+                texts=loaded.texts(),
+                seed=self.cfg.seed,
+                credentials=self.credentials,
+            )
+        except ModelLoadError as e:
+            raise BadInputError(f"spec.baseModel.uri: {e}") from None
+        prepared = prepare_data(loaded, tokenizer, settings, method=method)
+        if self.is_main:
+            self.run_store.write_text(
+                ObjectStore.join(self.run_key, "data-report.json"),
+                json.dumps(prepared.report.to_dict(), indent=1, default=str),
+            )
+        return prepared, tokenizer
+
+    def load_model(self, tokenizer: Any) -> Any:
+        """The base model (4-bit with ``loadIn4bit``), with the KV cache off for packing."""
+        import torch
+
+        from tidetune_trainer.data.collate import prepare_model_for_packing
+        from tidetune_trainer.engine import quantization_config
+        from tidetune_trainer.tiny import ModelLoadError, load_model
+
+        kwargs: dict[str, Any] = {}
+        if self.cfg.load_in_4bit:
+            kwargs["quantization_config"] = quantization_config()
+            kwargs["dtype"] = torch.bfloat16
+        try:
+            model = load_model(
+                self.spec.base_model.uri,
+                tokenizer=tokenizer,
+                seed=self.cfg.seed,
+                credentials=self.credentials,
+                max_position_embeddings=max(4096, self.cfg.max_seq_length),
+                **kwargs,
+            )
+        except ModelLoadError as e:
+            raise BadInputError(f"spec.baseModel.uri: {e}") from None
+        if self.cfg.load_in_4bit:
+            from peft import prepare_model_for_kbit_training
+
+            model = prepare_model_for_kbit_training(  # type: ignore[no-untyped-call]
+                model, use_gradient_checkpointing=False
+            )
+        if self.cfg.packing:
+            prepare_model_for_packing(model)
+        if getattr(model, "config", None) is not None:
+            model.config.use_cache = False
+        return model
+
+    def steps(self, rows: int) -> tuple[int, int]:
+        """(steps per epoch, total steps) for ``rows`` training rows."""
+        from tidetune_trainer.loop import DataOrder, total_steps
+
+        order = DataOrder(
+            rows,
+            self.cfg.seed,
+            self.world_size,
+            self.cfg.batch_size,
+            self.cfg.gradient_accumulation_steps,
+        )
+        return order.steps_per_epoch, total_steps(self.cfg, order.steps_per_epoch)
+
+    def write_estimate(self, tokens_per_epoch: int, model: Any, rows: int) -> None:
+        """Estimate GPU-hours and cost from the counted tokens; ``<run>/estimate.json``."""
+        from tidetune_trainer.estimating import estimate_job, write_estimate
+
+        params = sum(p.numel() for p in model.parameters())
+        est = estimate_job(
+            self.spec,
+            tokens_per_epoch,
+            params,
+            rows_per_epoch=rows,
+            world=self.world_size if self.cfg.gpus_per_node == 0 else None,
+        )
+        if self.is_main:
+            self.estimate = write_estimate(self.run_store, self.run_key, est, sampled=False)
+
+    def create_engine(self, model: Any, rows: int) -> Any:
+        """Wrap the model for training (LoRA/full, optimizer, scheduler, DeepSpeed)."""
+        from tidetune_trainer.engine import Engine
+
+        _, total = self.steps(rows)
+        return Engine.create(self.cfg, self.accelerator, model, total)
+
+    def make_loop(
+        self, engine: Any, objective: Any, train_rows: Any, validation_rows: Any, tokenizer: Any
+    ) -> Any:
+        """The training loop with its checkpoint manager and progress reporter."""
+        from tidetune_trainer.checkpoint import CheckpointManager
+        from tidetune_trainer.loop import StopFlag, TrainingLoop
+        from tidetune_trainer.progress import ProgressReporter
+
+        ckpt = CheckpointManager(
+            self.run_store,
+            self.run_key,
+            rank=engine.rank,
+            local_rank=int(self.accelerator.local_process_index),
+            barrier=engine.barrier,
+        )
+        per_epoch, total = self.steps(len(train_rows))
+        self.reporter = ProgressReporter(
+            self.run_store,
+            self.run_key,
+            enabled=engine.is_main,
+            total_steps=total,
+            steps_per_epoch=per_epoch,
+            metrics_port=self.metrics_port if engine.is_main else None,
+            job_namespace=self.namespace,
+            job_name=self.name,
+        )
+        return TrainingLoop(
+            self.cfg,
+            engine,
+            objective,
+            train_rows,
+            validation_rows=validation_rows,
+            checkpoints=ckpt,
+            reporter=self.reporter,
+            stop=self.stop or StopFlag(),
+            export_model=lambda d: engine.export_model(d, tokenizer),
+        )
+
+    # ------------------------------------------------------------------ save step
+
+    def export(self, engine: Any, tokenizer: Any, loop: Any) -> list[dict[str, Any]]:
+        """Export the final model (and merged model, and the latest checkpoints) to the
+        output location and write the manifest last. Collective; returns the
+        artifacts (status form)."""
+        import shutil
+        import tempfile
+
+        from tidetune_trainer.artifacts import ArtifactWriter
+        from tidetune_trainer.progress import METRICS_FILE
+
+        if self.reporter is not None:
+            self.reporter.set_state("exporting")
+        tmp = Path(tempfile.mkdtemp(prefix="tidetune-final-"))
+        is_lora = self.cfg.tuning == "lora"
+        kind = "lora-adapter" if is_lora else "model"
+        statuses: list[dict[str, Any]] = []
+        try:
+            engine.export_model(tmp / "final", tokenizer)
+            if self.cfg.merge_lora and is_lora:
+                engine.export_model(tmp / "merged", tokenizer, merge=True)
+            if engine.is_main:
+                writer = ArtifactWriter(
+                    self.output_uri, self.namespace, self.name, self.uid, self.credentials
+                )
+                writer.add_dir("final", kind, tmp / "final", step=loop.state.step)
+                if self.cfg.merge_lora and is_lora:
+                    writer.add_dir("merged", "model", tmp / "merged", step=loop.state.step)
+                writer.add_checkpoints(loop.ckpt, self.cfg.export_checkpoints, kind)
+                metrics_key = ObjectStore.join(self.run_key, METRICS_FILE)
+                if self.run_store.exists(metrics_key):
+                    local_metrics = tmp / METRICS_FILE
+                    self.run_store.download_file(metrics_key, local_metrics)
+                    writer.add_file("metrics", "metrics", local_metrics)
+                manifest = writer.write_manifest(
+                    {
+                        "baseModel": self.spec.base_model.uri,
+                        "method": self.cfg.method,
+                        "tuning": self.cfg.tuning,
+                        "steps": loop.state.step,
+                        "trainedTokens": loop.state.trained_tokens,
+                        "evalLoss": loop.state.last_eval_loss,
+                    }
+                )
+                statuses = [e.to_status() for e in writer.entries] + [manifest.to_status()]
+        finally:
+            engine.barrier()
+            shutil.rmtree(tmp, ignore_errors=True)
+        if self.reporter is not None and engine.is_main:
+            self.reporter.artifacts = statuses
+            self.reporter.set_state("succeeded")
+        return statuses
