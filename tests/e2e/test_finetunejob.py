@@ -206,3 +206,41 @@ def test_bad_data_fails_with_the_line_numbered_message(stack: Stack) -> None:
         "message"
     ]
     assert st["failures"] == 0 and st["attempt"] == 1  # bad data is not retried
+
+
+def test_no_credential_value_leaks_anywhere(stack: Stack) -> None:
+    """After the runs above: the storage secret key is in no status, spec, Event, launched
+    object, ConfigMap, log or metric — only in the Secret itself and the trainer's env."""
+    import urllib.request
+
+    secret = stack.s3.secret_key
+    assert len(secret) >= 16  # a random key, so a hit cannot be a coincidence
+    places: dict[str, str] = {}
+    for ftj in stack.custom.list_cluster_custom_object("tidetune.io", "v1alpha1", "finetunejobs")[
+        "items"
+    ]:
+        places[f"FineTuneJob {ftj['metadata']['name']}"] = json.dumps(ftj)
+    for pj in stack.custom.list_cluster_custom_object("kubeflow.org", "v1", "pytorchjobs")["items"]:
+        places[f"PyTorchJob {pj['metadata']['name']}"] = json.dumps(pj)
+    api = stack.core.api_client
+    for kind, items in (
+        ("Event", stack.core.list_event_for_all_namespaces().items),
+        ("ConfigMap", stack.core.list_config_map_for_all_namespaces().items),
+    ):
+        for item in items:
+            places[f"{kind} {item.metadata.namespace}/{item.metadata.name}"] = json.dumps(
+                api.sanitize_for_serialization(item)
+            )
+    logs = list((stack.lab.workdir / "logs").glob("*.log")) + list(
+        (stack.lab.workdir / "pods").rglob("*.log")
+    )
+    assert any(p.name.startswith("operator") for p in logs)
+    for path in logs:
+        places[str(path)] = path.read_text(errors="replace")
+    assert stack.lab.metrics_url
+    with urllib.request.urlopen(stack.lab.metrics_url, timeout=10) as resp:
+        places["operator metrics"] = resp.read().decode()
+    assert "tidetune_job_progress_ratio" in places["operator metrics"]
+    leaks = [where for where, text in places.items() if secret in text]
+    assert leaks == [], f"the secret key appears in: {leaks}"
+    assert len(places) > 20

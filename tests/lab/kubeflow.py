@@ -37,7 +37,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from tidetune.launchers.local import LocalJob, LocalLaunch, LocalProcessLauncher
+from tidetune.launchers.local import LocalJob, LocalLaunch, LocalProcessLauncher, free_port
 
 if TYPE_CHECKING:
     from tests.lab.lab import Lab
@@ -73,6 +73,9 @@ class KubeflowStandIn:
         self.poll_interval = poll_interval
         self.grace_seconds = grace_seconds
         self.runs: dict[tuple[str, str], _Run] = {}
+        #: the metrics port each running job's trainer got (the PyTorchJob asks for one fixed
+        #: port, as every pod has its own IP; here they share 127.0.0.1)
+        self.metrics_ports: dict[tuple[str, str], int] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lab: Lab | None = None
@@ -264,6 +267,10 @@ class KubeflowStandIn:
                 for file, text in data.items():
                     (spec_dir / file).write_text(text)
         args = [a.replace(SPEC_MOUNT, str(spec_dir)) for a in command[len(ENTRY) :]]
+        if "--metrics-port" in args:  # every "pod" shares this machine: give each its own port
+            i = args.index("--metrics-port") + 1
+            self.metrics_ports[key] = free_port()
+            args[i] = str(self.metrics_ports[key])
         env = self._container_env(namespace, container)
         env["HOME"] = str(pod_dir)
         env["TIDETUNE_TERMINATION_LOG"] = str(pod_dir / "termination-log")
