@@ -194,6 +194,61 @@ def _name_rule(max_length: int = 63) -> dict[str, Any]:
     )
 
 
+def _crd(
+    kind: str,
+    plural: str,
+    scope: str,
+    short_name: str,
+    columns: list[dict[str, Any]],
+    root: Schema,
+) -> dict[str, Any]:
+    """One CustomResourceDefinition document of the tidetune.io group."""
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {
+            "name": f"{plural}.{GROUP}",
+            "labels": {"app.kubernetes.io/part-of": "tidetune"},
+        },
+        "spec": {
+            "group": GROUP,
+            "names": {
+                "kind": kind,
+                "listKind": f"{kind}List",
+                "plural": plural,
+                "singular": kind.lower(),
+                "shortNames": [short_name],
+                "categories": [CATEGORY],
+            },
+            "scope": scope,
+            "versions": [
+                {
+                    "name": VERSION,
+                    "served": True,
+                    "storage": True,
+                    "subresources": {"status": {}},
+                    "additionalPrinterColumns": columns,
+                    "schema": {"openAPIV3Schema": root},
+                }
+            ],
+        },
+    }
+
+
+def _column(
+    name: str, kind: str, path: str, description: str = "", priority: int = 0
+) -> dict[str, Any]:
+    column: dict[str, Any] = {"name": name, "type": kind, "jsonPath": path}
+    if description:
+        column["description"] = description
+    if priority:
+        column["priority"] = priority
+    return column
+
+
+AGE = _column("Age", "date", ".metadata.creationTimestamp")
+
+
 def finetunejob_crd() -> dict[str, Any]:
     """The FineTuneJob CRD."""
     root = _root(
@@ -202,64 +257,20 @@ def finetunejob_crd() -> dict[str, Any]:
         "FineTuneJob fine-tunes an LLM with DeepSpeed on (idle) GPU capacity.",
     )
     root["x-kubernetes-validations"] = [_name_rule(), *_immutability_rules(FineTuneJobSpec)]
-    return {
-        "apiVersion": "apiextensions.k8s.io/v1",
-        "kind": "CustomResourceDefinition",
-        "metadata": {
-            "name": f"{FINETUNEJOB_PLURAL}.{GROUP}",
-            "labels": {"app.kubernetes.io/part-of": "tidetune"},
-        },
-        "spec": {
-            "group": GROUP,
-            "names": {
-                "kind": FINETUNEJOB_KIND,
-                "listKind": f"{FINETUNEJOB_KIND}List",
-                "plural": FINETUNEJOB_PLURAL,
-                "singular": FINETUNEJOB_KIND.lower(),
-                "shortNames": [FINETUNEJOB_SHORT_NAME],
-                "categories": [CATEGORY],
-            },
-            "scope": "Namespaced",
-            "versions": [
-                {
-                    "name": VERSION,
-                    "served": True,
-                    "storage": True,
-                    "subresources": {"status": {}},
-                    "additionalPrinterColumns": [
-                        {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
-                        {
-                            "name": "Progress",
-                            "type": "number",
-                            "jsonPath": ".status.progress.percent",
-                            "description": "Percent of training steps done.",
-                        },
-                        {
-                            "name": "Loss",
-                            "type": "number",
-                            "jsonPath": ".status.metrics.trainLoss",
-                            "description": "Latest training loss.",
-                        },
-                        {"name": "Pool", "type": "string", "jsonPath": ".status.pool"},
-                        {
-                            "name": "ETA",
-                            "type": "date",
-                            "jsonPath": ".status.progress.eta",
-                            "priority": 1,
-                        },
-                        {
-                            "name": "Method",
-                            "type": "string",
-                            "jsonPath": ".spec.method",
-                            "priority": 1,
-                        },
-                        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
-                    ],
-                    "schema": {"openAPIV3Schema": root},
-                }
-            ],
-        },
-    }
+    columns = [
+        _column("Phase", "string", ".status.phase"),
+        _column(
+            "Progress", "number", ".status.progress.percent", "Percent of training steps done."
+        ),
+        _column("Loss", "number", ".status.metrics.trainLoss", "Latest training loss."),
+        _column("Pool", "string", ".status.pool"),
+        _column("ETA", "date", ".status.progress.eta", priority=1),
+        _column("Method", "string", ".spec.method", priority=1),
+        AGE,
+    ]
+    return _crd(
+        FINETUNEJOB_KIND, FINETUNEJOB_PLURAL, "Namespaced", FINETUNEJOB_SHORT_NAME, columns, root
+    )
 
 
 def idlepool_crd() -> dict[str, Any]:
@@ -270,44 +281,16 @@ def idlepool_crd() -> dict[str, Any]:
         "IdlePool is a GPU node pool that serves online traffic by day and is free in its windows.",
     )
     root["x-kubernetes-validations"] = [_name_rule()]
-    return {
-        "apiVersion": "apiextensions.k8s.io/v1",
-        "kind": "CustomResourceDefinition",
-        "metadata": {
-            "name": f"{IDLEPOOL_PLURAL}.{GROUP}",
-            "labels": {"app.kubernetes.io/part-of": "tidetune"},
-        },
-        "spec": {
-            "group": GROUP,
-            "names": {
-                "kind": IDLEPOOL_KIND,
-                "listKind": f"{IDLEPOOL_KIND}List",
-                "plural": IDLEPOOL_PLURAL,
-                "singular": IDLEPOOL_KIND.lower(),
-                "shortNames": ["ipool"],
-                "categories": [CATEGORY],
-            },
-            "scope": "Cluster",
-            "versions": [
-                {
-                    "name": VERSION,
-                    "served": True,
-                    "storage": True,
-                    "subresources": {"status": {}},
-                    "additionalPrinterColumns": [
-                        {"name": "Open", "type": "boolean", "jsonPath": ".status.open"},
-                        {"name": "GPUs", "type": "integer", "jsonPath": ".spec.gpus"},
-                        {"name": "In-Use", "type": "integer", "jsonPath": ".status.gpusInUse"},
-                        {"name": "Running", "type": "integer", "jsonPath": ".status.runningJobs"},
-                        {"name": "Queued", "type": "integer", "jsonPath": ".status.queuedJobs"},
-                        {"name": "Next", "type": "date", "jsonPath": ".status.nextTransition"},
-                        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
-                    ],
-                    "schema": {"openAPIV3Schema": root},
-                }
-            ],
-        },
-    }
+    columns = [
+        _column("Open", "boolean", ".status.open"),
+        _column("GPUs", "integer", ".spec.gpus"),
+        _column("In-Use", "integer", ".status.gpusInUse"),
+        _column("Running", "integer", ".status.runningJobs"),
+        _column("Queued", "integer", ".status.queuedJobs"),
+        _column("Next", "date", ".status.nextTransition"),
+        AGE,
+    ]
+    return _crd(IDLEPOOL_KIND, IDLEPOOL_PLURAL, "Cluster", "ipool", columns, root)
 
 
 CRD_FILES = {"finetunejob.yaml": finetunejob_crd, "idlepool.yaml": idlepool_crd}

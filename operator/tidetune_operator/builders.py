@@ -79,6 +79,14 @@ def job_labels(job: FineTuneJob) -> dict[str, str]:
     return {JOB_LABEL: job.metadata.name, **MANAGED_BY}
 
 
+def launcher_labels(job: FineTuneJob, attempt: int) -> dict[str, str]:
+    """Labels of a launched job: the job, the attempt, and Kueue's queue when named."""
+    labels = {**job_labels(job), ATTEMPT_LABEL: str(attempt)}
+    if job.spec.scheduling.queue_name:
+        labels[KUEUE_QUEUE_LABEL] = job.spec.scheduling.queue_name
+    return labels
+
+
 def output_base(job: FineTuneJob, config: OperatorConfig) -> str | None:
     return job.spec.output.uri or config.default_output_uri
 
@@ -279,9 +287,7 @@ def build_pytorchjob(
             "no output location: set spec.output.uri or the operator's defaultOutputUri"
         )
     template = pod_template(job, config, pool, root, attempt)
-    labels = {**job_labels(job), ATTEMPT_LABEL: str(attempt)}
-    if job.spec.scheduling.queue_name:
-        labels[KUEUE_QUEUE_LABEL] = job.spec.scheduling.queue_name
+    labels = launcher_labels(job, attempt)
     replicas: dict[str, Any] = {
         "Master": {"replicas": 1, "restartPolicy": "Never", "template": template}
     }

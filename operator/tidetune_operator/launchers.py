@@ -14,7 +14,6 @@ from enum import StrEnum
 from typing import Any, Protocol
 
 from tidetune.api import FineTuneJob
-from tidetune.api.constants import KUEUE_QUEUE_LABEL
 from tidetune.api.idlepool import IdlePool
 from tidetune_operator import builders
 from tidetune_operator.config import OperatorConfig
@@ -142,9 +141,7 @@ class TrainJobLauncher:
             raise ValueError("no output location: set spec.output.uri or defaultOutputUri")
         template = builders.pod_template(job, config, pool, root, attempt)
         container = template["spec"]["containers"][0]
-        labels = {**builders.job_labels(job), builders.ATTEMPT_LABEL: str(attempt)}
-        if job.spec.scheduling.queue_name:
-            labels[KUEUE_QUEUE_LABEL] = job.spec.scheduling.queue_name
+        labels = builders.launcher_labels(job, attempt)
         pod_spec = {
             k: v for k, v in template["spec"].items() if k not in ("containers", "restartPolicy")
         }
