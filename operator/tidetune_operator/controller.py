@@ -95,6 +95,9 @@ class Controller:
         self._background: set[asyncio.Task[None]] = set()
         self._resync: asyncio.Task[None] | None = None
         self.reconciles: Counter[str] = Counter()
+        #: running seconds already counted in tidetune_gpu_hours_total, per job
+        self._accrued_seconds: dict[JobKey, float] = {}
+        self._phase_counts_due = False
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -125,6 +128,7 @@ class Controller:
         if event_type == "DELETED":
             self.jobs.pop(key, None)
             self._observed.pop(key, None)
+            self._accrued_seconds.pop(key, None)
             metrics.forget_job(*key)
         else:
             old = self.jobs.get(key)
@@ -136,6 +140,7 @@ class Controller:
             ):
                 return  # our own write (cached from its response), or an older version
             self.jobs[key] = body
+        self._publish_phase_counts_soon()
         self.enqueue(("job", *key))
 
     def observe_launched(self, event_type: str | None, body: dict[str, Any]) -> None:
@@ -165,6 +170,7 @@ class Controller:
         name = body.get("metadata", {}).get("name", "")
         if event_type == "DELETED":
             self.pools.pop(name, None)
+            metrics.forget_pool(name)
         else:
             self.pools[name] = body
         self.enqueue(("pool", "", name))
@@ -237,7 +243,20 @@ class Controller:
                 self.enqueue(("pool", "", pool))
             self._publish_phase_counts()
 
+    def _publish_phase_counts_soon(self) -> None:
+        """Refresh ``tidetune_jobs`` within half a second (coalesces bursts of changes)."""
+        if self._phase_counts_due:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop (a unit test): at once
+            self._publish_phase_counts()
+            return
+        self._phase_counts_due = True
+        loop.call_later(0.5, self._publish_phase_counts)
+
     def _publish_phase_counts(self) -> None:
+        self._phase_counts_due = False
         counts: Counter[tuple[str, str]] = Counter()
         for (ns, _), body in self.jobs.items():
             counts[(ns, str((body.get("status") or {}).get("phase", Phase.PENDING)))] += 1
@@ -258,6 +277,17 @@ class Controller:
             if cand is not None:
                 out.append(cand)
         return out
+
+    def _pool_problem(self, name: str) -> str:
+        """Why a stored IdlePool is invalid (what the API server cannot check, such as an
+        unknown time zone), in ``tidetune validate``'s words."""
+        from tidetune.manifests import explain
+
+        try:
+            IdlePool.model_validate(_strip(self.pools.get(name) or {}))
+        except ValidationError as err:
+            return "; ".join(": ".join(explain(dict(e), IdlePool)) for e in err.errors()[:3])
+        return "unknown"
 
     def _pool_model(self, name: str) -> IdlePool | None:
         body = self.pools.get(name)
@@ -282,6 +312,7 @@ class Controller:
     async def reconcile_pool(self, name: str) -> float | None:
         pool = self._pool_model(name)
         if pool is None:
+            metrics.forget_pool(name)
             return None
         now = self.clock.now()
         candidates = self._candidates(name)
@@ -292,10 +323,7 @@ class Controller:
             assert self.kube is not None
             updated = await self.kube.patch(IDLEPOOLS, name, {"status": status}, sub="status")
             self.pools[name] = updated
-        metrics.POOL_OPEN.labels(name).set(1 if status.get("open") else 0)
-        metrics.POOL_GPUS.labels(name).set(pool.spec.gpus)
-        metrics.POOL_GPUS_IN_USE.labels(name).set(int(status.get("gpusInUse", 0)))
-        metrics.POOL_QUEUED.labels(name).set(int(status.get("queuedJobs", 0)))
+        metrics.observe_pool(name, status, pool.spec.gpus)
         nxt = admission.next_decision_time(pool, now)
         delay = self.config.resync_interval_seconds
         if nxt is not None:
@@ -478,7 +506,15 @@ class Controller:
                     )
         pool_name = job.spec.scheduling.pool
         if pool_name:
-            if pool is None:
+            if pool is None and pool_name in self.pools:
+                problems.append(
+                    (
+                        Reason.POOL_INVALID,
+                        f"spec.scheduling.pool: IdlePool {pool_name} is invalid: "
+                        f"{self._pool_problem(pool_name)}",
+                    )
+                )
+            elif pool is None:
                 problems.append(
                     (
                         Reason.POOL_NOT_FOUND,
@@ -569,6 +605,7 @@ class Controller:
             raise
         if key in self.jobs:
             self.jobs[key] = updated  # write-through: the next plan sees it at once
+            self._publish_phase_counts_soon()
         return updated.get("status") or status
 
     async def _post_events(self, job: FineTuneJob, decision: Decision) -> None:
@@ -638,34 +675,57 @@ class Controller:
         self, job: FineTuneJob, old: dict[str, Any], new: dict[str, Any]
     ) -> None:
         before, after = old.get("phase"), new.get("phase")
+        ns = job.metadata.namespace or ""
+        pool = job.spec.scheduling.pool or ""
         if after and after != before:
-            metrics.PHASE_TRANSITIONS.labels(after).inc()
-            pool = job.spec.scheduling.pool or ""
-            if after == Phase.RUNNING and before in (None, Phase.PENDING, Phase.QUEUED):
-                queued = parse_time(new.get("queuedTime"))
+            metrics.PHASE_TRANSITIONS.labels(ns, after).inc()
+            if (
+                after == Phase.RUNNING
+                and before in (None, Phase.PENDING, Phase.QUEUED)
+                and int(new.get("attempt", 0)) <= 1
+            ):
+                queued = parse_time(new.get("queuedTime")) or job.metadata.creation_timestamp
                 if queued is not None:
                     metrics.QUEUE_WAIT.labels(pool).observe(
                         max(0.0, (self.clock.now() - queued).total_seconds())
                     )
-            if int(new.get("preemptions", 0)) > int(old.get("preemptions", 0)):
-                metrics.PREEMPTIONS.labels(job.metadata.namespace or "", pool).inc(
-                    int(new.get("preemptions", 0)) - int(old.get("preemptions", 0))
-                )
-        ran = float(new.get("runSeconds", 0.0)) - float(old.get("runSeconds", 0.0))
-        if ran > 0:
-            gpus = max(job.spec.resources.total_gpus, 0)
-            metrics.GPU_HOURS.labels(
-                job.metadata.namespace or "", job.spec.scheduling.pool or ""
-            ).inc(ran * gpus / 3600.0)
+        # a preemption may keep the phase (Running → Running on a new attempt)
+        preempted = int(new.get("preemptions", 0)) - int(old.get("preemptions", 0))
+        if preempted > 0:
+            metrics.PREEMPTIONS.labels(ns, pool).inc(preempted)
+
+    def _accrue_gpu_hours(self, key: JobKey, job: FineTuneJob, status: dict[str, Any]) -> None:
+        """Add the running time since the last look to ``tidetune_gpu_hours_total``.
+
+        Running time is ``runSeconds`` plus the current stint (``runningSince``), so the
+        counter grows while a job runs rather than when a stint ends. The first look at a
+        job after the operator starts only sets the baseline (a restarted operator must not
+        count a job's earlier hours again).
+        """
+        elapsed = float(status.get("runSeconds", 0.0))
+        since = parse_time(status.get("runningSince"))
+        if since is not None:
+            elapsed += max(0.0, (self.clock.now() - since).total_seconds())
+        counted = self._accrued_seconds.get(key)
+        self._accrued_seconds[key] = max(elapsed, counted or 0.0)
+        if counted is None or elapsed <= counted:
+            return
+        gpus = max(job.spec.resources.total_gpus, 0)
+        metrics.GPU_HOURS.labels(job.metadata.namespace or "", job.spec.scheduling.pool or "").inc(
+            (elapsed - counted) * gpus / 3600.0
+        )
 
     def _record_metrics(self, job: FineTuneJob, status: dict[str, Any]) -> None:
+        queued = parse_time(status.get("queuedTime")) or job.metadata.creation_timestamp
         metrics.observe_job(
             job.metadata.namespace or "",
             job.metadata.name,
             status,
             job.spec.scheduling.pool or "",
             str(job.spec.method),
+            queued_since=queued.timestamp() if queued is not None else None,
         )
+        self._accrue_gpu_hours(_key(job), job, status)
 
 
 def candidate(body: dict[str, Any]) -> admission.Candidate | None:

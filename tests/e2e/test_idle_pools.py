@@ -258,3 +258,20 @@ def test_kueue_mode_waits_for_kueue_to_admit(stack: Stack, train_uri: str) -> No
     done = stack.wait_phase("kueue", "queued", "Succeeded", "Failed", timeout=120)
     assert done["phase"] == "Succeeded", done.get("message")
     assert done["startTime"]
+
+
+def test_job_in_an_invalid_pool_fails_with_the_pools_problem(stack: Stack, train_uri: str) -> None:
+    # the API server cannot know that a time zone does not exist; the operator can
+    bad = pool("mars", 4, ALL_WEEK)
+    bad["spec"]["timezone"] = "Mars/Olympus"
+    stack.apply(bad)
+    stack.namespace("pool-invalid")
+    stack.apply(
+        tiny_job("lost", "pool-invalid", train_uri, resources={"nodes": 1, "gpusPerNode": 1},
+                 scheduling={"pool": "mars"})
+    )  # fmt: skip
+    st = stack.wait_phase("pool-invalid", "lost", "Failed", timeout=60)
+    failed = next(c for c in st["conditions"] if c["type"] == "Failed")
+    assert failed["reason"] == "PoolInvalid"
+    assert "spec.timezone: 'Mars/Olympus' is not an IANA time zone" in failed["message"]
+    assert stack.pytorchjobs("pool-invalid", "lost") == []

@@ -69,6 +69,7 @@ class Reason(StrEnum):
     SECRET_KEY_MISSING = "SecretKeyMissing"
     CONFIG_MAP_NOT_FOUND = "ConfigMapNotFound"
     POOL_NOT_FOUND = "PoolNotFound"
+    POOL_INVALID = "PoolInvalid"
     POOL_TOO_SMALL = "PoolTooSmall"
     ESTIMATED = "Estimated"
     # queueing and admission
