@@ -200,6 +200,7 @@ BAD: list[tuple[str, str, dict[str, Any], str]] = [
     ("num-generations", GRPO, {"spec.rl.numGenerations": 1}, "spec.rl.numGenerations"),
     ("nodes-0", JOB, {"spec.resources.nodes": 0}, "spec.resources.nodes"),
     ("gpus-17", JOB, {"spec.resources.gpusPerNode": 17}, "spec.resources.gpusPerNode"),
+    ("cpu-job-in-pool", JOB, {"spec.resources.gpusPerNode": 0}, "spec.resources.gpusPerNode"),
     ("memory", JOB, {"spec.resources.memory": "lots"}, "spec.resources.memory"),
     ("zero-stage-4", JOB, {"spec.deepspeed.zeroStage": 4}, "spec.deepspeed.zeroStage"),
     (
@@ -314,7 +315,11 @@ GOOD: list[tuple[str, str, dict[str, Any]]] = [
             "spec.resources.nodes": 512,
         },
     ),
-    ("cpu-only", JOB, {"spec.resources.gpusPerNode": 0, "spec.deepspeed.zeroStage": 0}),
+    (
+        "cpu-only",
+        JOB,
+        {"spec.resources.gpusPerNode": 0, "spec.deepspeed.zeroStage": 0, "spec.scheduling.pool": DELETE},
+    ),
     ("queue", JOB, {"spec.scheduling": {"queueName": "team-a-queue", "maxRuntime": "1h30m"}}),
     ("hf-model", JOB, {"spec.baseModel.uri": "hf://Qwen/Qwen2.5-0.5B"}),
     ("pc-columns", "sft-full.yaml", {"spec.data.train.promptColumn": "q"}),

@@ -581,6 +581,12 @@ class FineTuneJobSpec(ApiModel):
                 ".data.mixIn.format",
             ),
             rule(
+                "!has(self.scheduling) || !has(self.scheduling.pool) || !has(self.resources) "
+                "|| !has(self.resources.gpusPerNode) || self.resources.gpusPerNode > 0",
+                "a job in an IdlePool needs gpusPerNode 1–16",
+                ".resources.gpusPerNode",
+            ),
+            rule(
                 "!has(self.output) || !has(self.output.mergeLora) || !self.output.mergeLora "
                 "|| !has(self.tuning) || !has(self.tuning.type) || self.tuning.type == 'lora'",
                 "mergeLora applies only with tuning type lora",
@@ -670,6 +676,12 @@ class FineTuneJobSpec(ApiModel):
                 "data.mixIn.format",
                 f"method {self.method} cannot train on {mix_format} data; "
                 f"allowed: {_one_of(allowed)}",
+            )
+        if self.scheduling.pool and self.resources.gpus_per_node == 0:
+            fail(
+                "resources.gpusPerNode",
+                "a job in an IdlePool runs on the pool's GPUs: set gpusPerNode to 1–16, "
+                "or leave out scheduling.pool to run a CPU job anywhere",
             )
         if self.output.merge_lora and self.tuning.type is not TuningType.LORA:
             fail("output.mergeLora", "mergeLora applies only with tuning type lora")

@@ -1,0 +1,1 @@
+"""Observability: the operator's metrics, the Grafana dashboard and the Prometheus alerts."""
