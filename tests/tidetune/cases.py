@@ -318,7 +318,11 @@ GOOD: list[tuple[str, str, dict[str, Any]]] = [
     (
         "cpu-only",
         JOB,
-        {"spec.resources.gpusPerNode": 0, "spec.deepspeed.zeroStage": 0, "spec.scheduling.pool": DELETE},
+        {
+            "spec.resources.gpusPerNode": 0,
+            "spec.deepspeed.zeroStage": 0,
+            "spec.scheduling.pool": DELETE,
+        },
     ),
     ("queue", JOB, {"spec.scheduling": {"queueName": "team-a-queue", "maxRuntime": "1h30m"}}),
     ("hf-model", JOB, {"spec.baseModel.uri": "hf://Qwen/Qwen2.5-0.5B"}),
