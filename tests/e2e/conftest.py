@@ -15,10 +15,14 @@ import yaml
 
 from tests.lab.lab import REPO_ROOT, Lab
 from tests.lab.stack import build_lab
+from tests.support.k8s import RequestRecord
 
 T = TypeVar("T")
 
 TRAIN_DATA = REPO_ROOT / "examples" / "data" / "arithmetic-sft.jsonl"
+
+#: User-Agent prefixes of the operator's API clients: kopf's watches and our aiohttp client.
+OPERATOR_AGENTS = ("kopf/", "tidetune-operator/")
 
 
 class Stack:
@@ -203,15 +207,27 @@ def sha256_of_artifact(stack: Stack, artifact: dict[str, Any]) -> str:
     return hashlib.sha256("".join(lines).encode()).hexdigest()
 
 
+@pytest.fixture(scope="session")
+def operator_api_usage() -> set[RequestRecord]:
+    """What the operator asked the API for in every lab of this session (test_zz_rbac reads it)."""
+    return set()
+
+
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def stack(
+    tmp_path_factory: pytest.TempPathFactory, operator_api_usage: set[RequestRecord]
+) -> Iterator[Stack]:
     workdir: pathlib.Path = tmp_path_factory.mktemp("lab")
     lab = build_lab(workdir, grace_seconds=30)
     lab.start()
     try:
         yield Stack(lab)
     finally:
-        lab.stop()
+        lab.stop()  # the operator's shutdown requests are recorded too
+        if lab.k8s is not None:
+            operator_api_usage.update(
+                r for r in lab.k8s.emulator.api_usage if r.user_agent.startswith(OPERATOR_AGENTS)
+            )
 
 
 @pytest.fixture(scope="module")

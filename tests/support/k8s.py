@@ -50,6 +50,10 @@ Implemented (each closes a gap of stock kmock 0.8, see the comments at each plac
   resources with verbs, short names, categories and subresources, so ``kubectl get ftj`` and
   ``kubectl get tidetune`` work.
 - bearer-token authentication (``401`` without the right token) when a token is configured.
+- every authenticated resource request is recorded as RBAC would see it: ``(User-Agent, verb,
+  API group, resource[/subresource])`` (:attr:`KubernetesEmulator.api_usage`,
+  :func:`rbac_attributes`), so a test can compare what a client really used with the rules
+  a chart grants it.
 - kmock's DSL still works for fault injection: a reaction added with ``emulator[...] << ...``
   (not a fallback) is tried first, e.g. ``emulator['get', kmock.resource('v1/secrets')] << 500``.
 
@@ -127,10 +131,12 @@ __all__ = [
     "ApiError",
     "EmulatorServer",
     "KubernetesEmulator",
+    "RequestRecord",
     "ResourceDef",
     "check_kmock_version",
     "kubectl_binary",
     "load_crd_documents",
+    "rbac_attributes",
     "serve_emulator",
 ]
 
@@ -1116,6 +1122,76 @@ ObjKey = tuple[str | None, str]  # (namespace or None, name)
 ResKey = tuple[str, str, str]  # (group, version, plural)
 
 
+@dataclasses.dataclass(frozen=True, order=True)
+class RequestRecord:
+    """One kind of API request as an RBAC authorizer sees it, and who sent it.
+
+    ``resource`` is the plural, or ``plural/subresource`` (e.g. ``finetunejobs/status``), as
+    written in a Role's ``resources``; ``group`` is ``""`` for the core API.
+    """
+
+    user_agent: str
+    verb: str
+    group: str
+    resource: str
+
+
+#: Subresources of a namespace itself (``/api/v1/namespaces/NAME/status``), as the real
+#: server's request-info parser knows them.
+_NAMESPACE_SUBRESOURCES = frozenset({"status", "finalize"})
+
+
+def rbac_attributes(
+    method: str, path: str, query: Mapping[str, str]
+) -> tuple[str, str, str] | None:
+    """The ``(verb, group, resource[/subresource])`` a real API server authorizes a request as.
+
+    Follows the API server's request-info rules (``k8s.io/apiserver`` ``RequestInfoFactory``):
+    GET/HEAD of one object is ``get``, of a collection ``list`` (``watch`` with
+    ``watch=true``/``1``), POST ``create``, PUT ``update``, PATCH ``patch``, DELETE of one
+    object ``delete`` and of a collection ``deletecollection``. ``/api/v1/namespaces/NAME/...``
+    addresses a resource inside namespace NAME; the deprecated ``/watch/`` prefix is honoured.
+    Works from the URL alone, whether or not the resource is served.
+
+    Returns:
+        the triple, or ``None`` for non-resource URLs (``/api``, ``/apis/<g>/<v>``,
+        ``/version``, ``/healthz``, ...) and methods RBAC does not map.
+    """
+    parts = [p for p in path.split("/") if p]
+    if len(parts) >= 3 and parts[0] == "api":
+        group, rest = "", parts[2:]
+    elif len(parts) >= 4 and parts[0] == "apis":
+        group, rest = parts[1], parts[3:]
+    else:
+        return None
+    watch_prefix = rest[0] == "watch"
+    if watch_prefix:
+        rest = rest[1:]
+        if not rest:
+            return None
+    if rest[0] == "namespaces" and len(rest) > 2 and rest[2] not in _NAMESPACE_SUBRESOURCES:
+        rest = rest[2:]  # /namespaces/NS/<resource>/...: NS is the namespace, not the object
+    resource = rest[0]
+    name = rest[1] if len(rest) > 1 else None
+    sub = "/".join(rest[2:]) if len(rest) > 2 else None
+    method = method.upper()
+    if method in ("GET", "HEAD"):
+        if watch_prefix:
+            verb = "watch"
+        elif name is not None:
+            verb = "get"
+        else:
+            verb = "watch" if _go_bool(query.get("watch")) else "list"
+    elif method == "DELETE":
+        verb = "delete" if name is not None else "deletecollection"
+    else:
+        mapped = {"POST": "create", "PUT": "update", "PATCH": "patch"}.get(method)
+        if mapped is None:
+            return None
+        verb = mapped
+    return verb, group, f"{resource}/{sub}" if sub else resource
+
+
 @dataclasses.dataclass
 class _Target:
     res: ResourceDef
@@ -1163,6 +1239,8 @@ class KubernetesEmulator(kmock.KubernetesEmulator):
         self.request_count = 0
         #: counts per "VERB resource[/sub]", e.g. ``"PATCH finetunejobs/status"``; for benchmarks.
         self.request_counts: collections.Counter[str] = collections.Counter()
+        #: authenticated resource requests as RBAC sees them, per client (see RequestRecord).
+        self.api_usage: collections.Counter[RequestRecord] = collections.Counter()
         self._defs: dict[ResKey, ResourceDef] = {}
         self._index: dict[ResKey, dict[ObjKey, kmock.Object]] = {}
         self._logs: dict[ResKey, _EventLog] = {}
@@ -1286,6 +1364,7 @@ class KubernetesEmulator(kmock.KubernetesEmulator):
             auth = raw_request.headers.get("Authorization", "")
             if self.token is not None and auth != f"Bearer {self.token}":
                 raise ApiError(401, "Unauthorized", "Unauthorized")
+            self._record_usage(raw_request)
             # kmock DSL reactions (fault injection) come first, as with stock kmock.
             if self._has_user_reactions():
                 response = await self._serve_user_reactions(raw_request)
@@ -1303,6 +1382,12 @@ class KubernetesEmulator(kmock.KubernetesEmulator):
             logger.exception("emulator failed on %s %s", raw_request.method, raw_request.path_qs)
             err = ApiError(500, "InternalError", f"emulator error: {exc!r}")
             return _json_response(err.status(), status=500)
+
+    def _record_usage(self, raw: aiohttp.web.BaseRequest) -> None:
+        attributes = rbac_attributes(raw.method, raw.path, raw.query)
+        if attributes is not None:
+            agent = raw.headers.get("User-Agent", "")
+            self.api_usage[RequestRecord(agent, *attributes)] += 1
 
     def _has_user_reactions(self) -> bool:
         # kmock registers its own k8s reactions as fallbacks (priority -inf); anything else

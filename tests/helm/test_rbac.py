@@ -1,0 +1,109 @@
+"""The chart's RBAC, read statically: no wildcards, Secrets get-only, both modes equivalent.
+
+What the operator really uses is compared with these rules in tests/e2e/test_zz_rbac.py.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.helm.chart import (
+    NAMESPACE,
+    by_kind,
+    granted_rules,
+    one,
+    rules_of,
+    template,
+    wildcard_rules,
+)
+from tidetune_operator.launchers import LAUNCHERS
+
+NAMESPACED_RESOURCES = {
+    "finetunejobs",
+    "finetunejobs/status",
+    "pytorchjobs",
+    "configmaps",
+    "secrets",
+    "events",
+}
+
+
+@pytest.fixture(scope="module")
+def cluster_docs() -> list[dict[str, Any]]:
+    return template()
+
+
+@pytest.fixture(scope="module")
+def namespaced_docs() -> list[dict[str, Any]]:
+    return template(extra=["--set", "namespaces={team-a,team-b}"])
+
+
+def test_no_wildcards_and_secrets_are_get_only(
+    cluster_docs: list[dict[str, Any]], namespaced_docs: list[dict[str, Any]]
+) -> None:
+    for docs in (cluster_docs, namespaced_docs):
+        rules = granted_rules(docs)
+        assert rules, "no RBAC rendered"
+        assert wildcard_rules(rules) == []
+        assert {r for r in rules if r[1] == "secrets"} == {("", "secrets", "get")}
+        assert not any(r[1].startswith("secrets/") for r in rules)
+
+
+def test_cluster_mode_is_one_cluster_role_bound_to_the_service_account(
+    cluster_docs: list[dict[str, Any]],
+) -> None:
+    assert not by_kind(cluster_docs, "Role") and not by_kind(cluster_docs, "RoleBinding")
+    role = one(cluster_docs, "ClusterRole")
+    binding = one(cluster_docs, "ClusterRoleBinding")
+    sa = one(cluster_docs, "ServiceAccount")
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "ClusterRole",
+        "name": role["metadata"]["name"],
+    }
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": sa["metadata"]["name"], "namespace": NAMESPACE}
+    ]
+    pod = one(cluster_docs, "Deployment")["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == sa["metadata"]["name"]
+
+
+def test_namespaced_mode_grants_the_same_only_in_the_named_namespaces(
+    cluster_docs: list[dict[str, Any]], namespaced_docs: list[dict[str, Any]]
+) -> None:
+    cluster_rules = rules_of(one(cluster_docs, "ClusterRole"))
+    cluster_part = rules_of(one(namespaced_docs, "ClusterRole"))
+    assert not {r for r in cluster_part if r[1] in NAMESPACED_RESOURCES}
+    roles = by_kind(namespaced_docs, "Role")
+    bindings = by_kind(namespaced_docs, "RoleBinding")
+    assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
+    assert sorted(b["metadata"]["namespace"] for b in bindings) == ["team-a", "team-b"]
+    for role in roles:
+        assert {r[1] for r in rules_of(role)} <= NAMESPACED_RESOURCES
+    for binding in bindings:
+        assert binding["roleRef"]["kind"] == "Role"
+        assert binding["subjects"][0]["namespace"] == NAMESPACE
+    union = cluster_part | rules_of(roles[0])
+    # kopf lists and watches namespaces only when it is given explicit ones
+    assert union == cluster_rules | {("", "namespaces", "list"), ("", "namespaces", "watch")}
+    assert rules_of(roles[0]) == rules_of(roles[1])
+
+
+@pytest.mark.parametrize("kind", sorted(LAUNCHERS))
+def test_rules_follow_the_configured_launcher(kind: str) -> None:
+    launcher = LAUNCHERS[kind]
+    docs = template(extra=["--set", f"config.launcher={kind}"])
+    rules = rules_of(one(docs, "ClusterRole"))
+    launched = {r for r in rules if r[0] == launcher.group}
+    assert {r[1] for r in launched} == {launcher.plural}
+    assert {r[2] for r in launched} == {"create", "delete", "get", "list", "patch", "watch"}
+    others = {lk.group for lk in LAUNCHERS.values() if lk.group != launcher.group}
+    assert not {r for r in rules if r[0] in others}
+
+
+def test_rbac_can_be_left_to_the_platform() -> None:
+    docs = template(extra=["--set", "rbac.create=false"])
+    assert not granted_rules(docs)
+    assert not by_kind(docs, "ClusterRoleBinding")
