@@ -143,7 +143,11 @@ class Controller:
         self._publish_phase_counts_soon()
         self.enqueue(("job", *key))
 
-    def observe_launched(self, event_type: str | None, body: dict[str, Any]) -> None:
+    def observe_launched(
+        self, event_type: str | None, body: dict[str, Any], *, enqueue: bool = True
+    ) -> None:
+        """Cache a launched object; ``enqueue=False`` for the operator's own writes (the
+        reconcile that made them already acted on them)."""
         meta = body.get("metadata", {})
         job_name = (meta.get("labels") or {}).get(JOB_LABEL)
         if not job_name:
@@ -164,7 +168,8 @@ class Controller:
             ):
                 return  # already known (we created or patched it and cached the response)
             objects[meta.get("name", "")] = body
-        self.enqueue(("job", *key))
+        if enqueue:
+            self.enqueue(("job", *key))
 
     def observe_pool(self, event_type: str | None, body: dict[str, Any]) -> None:
         name = body.get("metadata", {}).get("name", "")
@@ -567,7 +572,7 @@ class Controller:
             )
             for action, (obj, _) in zip(creates, created, strict=True):
                 if action.kind is ActionKind.CREATE_LAUNCHER:
-                    self.observe_launched("ADDED", obj)
+                    self.observe_launched("ADDED", obj, enqueue=False)
         for action in decision.actions:
             if action in creates:
                 continue
@@ -579,7 +584,7 @@ class Controller:
                     self.launcher.suspend_patch(action.kind is ActionKind.SUSPEND_LAUNCHER),
                     ns,
                 )
-                self.observe_launched("MODIFIED", obj)
+                self.observe_launched("MODIFIED", obj, enqueue=False)
             elif action.kind is ActionKind.DELETE_LAUNCHER:
                 assert action.name is not None
                 await self.kube.delete(self.launcher_resource, action.name, ns)

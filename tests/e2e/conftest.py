@@ -218,7 +218,8 @@ def stack(
     tmp_path_factory: pytest.TempPathFactory, operator_api_usage: set[RequestRecord]
 ) -> Iterator[Stack]:
     workdir: pathlib.Path = tmp_path_factory.mktemp("lab")
-    lab = build_lab(workdir, grace_seconds=30)
+    # every step takes at least 50 ms, so that jobs can be caught mid-run on a fast machine
+    lab = build_lab(workdir, grace_seconds=30, trainer_env={"TIDETUNE_STEP_DELAY_SECONDS": "0.05"})
     lab.start()
     try:
         yield Stack(lab)

@@ -33,7 +33,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     offset = 40.0 - (now.second + now.microsecond / 1e6)
     OFFSET[:] = [offset]
     workdir: pathlib.Path = tmp_path_factory.mktemp("pools")
-    lab = build_lab(workdir, grace_seconds=30, operator_env={"TIDETUNE_CLOCK_OFFSET": str(offset)})
+    lab = build_lab(
+        workdir,
+        grace_seconds=30,
+        operator_env={"TIDETUNE_CLOCK_OFFSET": str(offset)},
+        # ≥ 0.1 s a step: 400 steps outlast the first window's 40 s on any machine
+        trainer_env={"TIDETUNE_STEP_DELAY_SECONDS": "0.1"},
+    )
     lab.start()
     try:
         yield Stack(lab)

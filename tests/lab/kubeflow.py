@@ -69,9 +69,16 @@ class KubeflowStandIn:
 
     name = "kubeflow"
 
-    def __init__(self, poll_interval: float = 0.25, grace_seconds: float = 60.0) -> None:
+    def __init__(
+        self,
+        poll_interval: float = 0.25,
+        grace_seconds: float = 60.0,
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
         self.poll_interval = poll_interval
         self.grace_seconds = grace_seconds
+        #: added to every trainer's environment (e.g. the trainer's step-delay test facility)
+        self.extra_env = dict(extra_env or {})
         self.runs: dict[tuple[str, str], _Run] = {}
         #: the metrics port each running job's trainer got (the PyTorchJob asks for one fixed
         #: port, as every pod has its own IP; here they share 127.0.0.1)
@@ -275,7 +282,7 @@ class KubeflowStandIn:
         env["HOME"] = str(pod_dir)
         env["TIDETUNE_TERMINATION_LOG"] = str(pod_dir / "termination-log")
         lab_env = self._lab.env() if self._lab is not None else dict(os.environ)
-        env = {**lab_env, **env}
+        env = {**lab_env, **env, **self.extra_env}
         workers = int((replicas.get("Worker") or {}).get("replicas", 0))
         launch = LocalLaunch(
             name=name,

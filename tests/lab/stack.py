@@ -29,11 +29,14 @@ def build_lab(
     kubeflow: bool = True,
     operator_env: Mapping[str, str] | None = None,
     grace_seconds: float = 60.0,
+    trainer_env: Mapping[str, str] | None = None,
 ) -> Lab:
     """A lab (not started) with the stand-in and the operator registered."""
     lab = Lab(workdir)
     if kubeflow:
-        lab.add_component(KubeflowStandIn(grace_seconds=grace_seconds))
+        lab.add_component(
+            KubeflowStandIn(grace_seconds=grace_seconds, extra_env=dict(trainer_env or {}))
+        )
     if operator:
         port = free_port()
         env = {**LAB_OPERATOR_ENV, "TIDETUNE_METRICS_PORT": str(port), **(operator_env or {})}

@@ -21,6 +21,11 @@ its order wraps around to fill the last step. The data position in a checkpoint 
 Stopping. A SIGTERM/SIGINT (see :class:`StopFlag`) or ``TIDETUNE_STOP_AT_STEP=N`` makes
 every rank agree (all-reduce) at the next step boundary to write a checkpoint and raise
 :class:`Preempted`.
+
+Test facility. ``TIDETUNE_STEP_DELAY_SECONDS=S`` sleeps S seconds after every optimizer
+step. It changes timing only, never the math: the lab sets it so that a job on the tiny
+model lasts long enough to be suspended, preempted or reclaimed mid-run whatever the
+speed of the machine.
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ from tidetune_trainer.progress import ProgressReporter
 log = logging.getLogger(__name__)
 
 STOP_AT_STEP_ENV = "TIDETUNE_STOP_AT_STEP"
+STEP_DELAY_ENV = "TIDETUNE_STEP_DELAY_SECONDS"
 
 
 class Objective(Protocol):
@@ -205,6 +211,10 @@ class TrainingLoop:
         )
         stop_at = os.environ.get(STOP_AT_STEP_ENV)
         self.stop_at_step = int(stop_at) if stop_at and stop_at.strip().isdigit() else None
+        try:
+            self.step_delay = max(0.0, float(os.environ.get(STEP_DELAY_ENV) or 0.0))
+        except ValueError:
+            self.step_delay = 0.0
 
     # ------------------------------------------------------------------ resume
 
@@ -305,6 +315,8 @@ class TrainingLoop:
                 for k, v in ex.items():
                     extras[k] = extras.get(k, 0.0) + v
             grad_norm = engine.step()
+            if self.step_delay:
+                time.sleep(self.step_delay)  # test facility (see the module doc)
             st.step += 1
             st.micro_index += gas
             stop_here = self.stop_at_step is not None and st.step == self.stop_at_step
