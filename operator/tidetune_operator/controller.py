@@ -93,6 +93,8 @@ class Controller:
         self._pool_locks: dict[str, asyncio.Lock] = {}
         self._workers: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[None]] = set()
+        #: consecutive failed reconciles per key, for exponential backoff
+        self._failures: dict[QueueKey, int] = {}
         self._resync: asyncio.Task[None] | None = None
         self.reconciles: Counter[str] = Counter()
         #: running seconds already counted in tidetune_gpu_hours_total, per job
@@ -214,6 +216,7 @@ class Controller:
                     delay = await self.reconcile_job((key[1], key[2]))
                 else:
                     delay = await self.reconcile_pool(key[2])
+                self._failures.pop(key, None)
                 if delay is not None:
                     self.enqueue(key, delay)
             except asyncio.CancelledError:
@@ -221,16 +224,20 @@ class Controller:
             except Exception as err:
                 metrics.RECONCILE_ERRORS.labels(key[0]).inc()
                 transient = isinstance(err, ApiError | StorageError)
+                failures = self._failures[key] = self._failures.get(key, 0) + 1
+                delay = retry_delay(failures)
                 log.log(
                     logging.WARNING if transient else logging.ERROR,
-                    "reconcile %s/%s failed (%s): %s; retrying",
+                    "reconcile %s/%s failed (%s): %s; retry %d in %.0fs",
                     key[1],
                     key[2],
                     type(err).__name__,
                     err,
+                    failures,
+                    delay,
                     exc_info=not transient,
                 )
-                self.enqueue(key, 2.0 if transient else 10.0)
+                self.enqueue(key, delay)
             finally:
                 metrics.RECONCILE_DURATION.labels(key[0]).observe(time.perf_counter() - started)
                 self.reconciles[key[0]] += 1
@@ -731,6 +738,12 @@ class Controller:
             queued_since=queued.timestamp() if queued is not None else None,
         )
         self._accrue_gpu_hours(_key(job), job, status)
+
+
+def retry_delay(failures: int, base: float = 1.0, cap: float = 60.0) -> float:
+    """Seconds before retrying a reconcile that failed ``failures`` times in a row:
+    1, 2, 4, … up to a minute (the API or storage may be briefly down)."""
+    return min(cap, base * 2.0 ** max(0, failures - 1))
 
 
 def candidate(body: dict[str, Any]) -> admission.Candidate | None:

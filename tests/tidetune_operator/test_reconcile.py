@@ -375,3 +375,9 @@ def test_model_size_hints_and_estimate(config: OperatorConfig) -> None:
     est = pre_run_estimate(job, None, config)
     assert est is not None and est["gpuType"] == "a100" and est["trainTokens"] > 0
     assert pre_run_estimate(make_job(), None, config) is None  # epochs: the trainer counts
+
+
+def test_failed_reconciles_back_off_exponentially_to_a_minute() -> None:
+    from tidetune_operator.controller import retry_delay
+
+    assert [retry_delay(n) for n in range(1, 9)] == [1, 2, 4, 8, 16, 32, 60, 60]
