@@ -61,6 +61,9 @@ JobKey = tuple[str, str]
 QueueKey = tuple[str, str, str]  # ("job", namespace, name) or ("pool", "", name)
 
 ACTIVE_PHASES = {Phase.RUNNING, Phase.EXPORTING}
+#: Events wait in a bounded queue and are posted by a few tasks (see ``_post_events``)
+EVENT_QUEUE_SIZE = 10_000
+EVENT_POSTERS = 2
 
 
 @dataclass
@@ -92,7 +95,8 @@ class Controller:
         self._observed: dict[JobKey, _Observed] = {}
         self._pool_locks: dict[str, asyncio.Lock] = {}
         self._workers: list[asyncio.Task[None]] = []
-        self._background: set[asyncio.Task[None]] = set()
+        self._events: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=EVENT_QUEUE_SIZE)
+        self._posters: list[asyncio.Task[None]] = []
         #: consecutive failed reconciles per key, for exponential backoff
         self._failures: dict[QueueKey, int] = {}
         self._resync: asyncio.Task[None] | None = None
@@ -112,11 +116,13 @@ class Controller:
             self._queue.put_nowait(key)
         self._workers = [asyncio.create_task(self._worker(i)) for i in range(self.config.workers)]
         self._resync = asyncio.create_task(self._resync_loop())
+        self._posters = [asyncio.create_task(self._event_poster()) for _ in range(EVENT_POSTERS)]
 
     async def stop(self) -> None:
-        for task in [*self._workers, *([self._resync] if self._resync else [])]:
+        tasks = [*self._workers, *self._posters, *([self._resync] if self._resync else [])]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._workers, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         for handle in self._timers.values():
             handle.cancel()
         if self.kube is not None:
@@ -621,14 +627,9 @@ class Controller:
         return updated.get("status") or status
 
     async def _post_events(self, job: FineTuneJob, decision: Decision) -> None:
-        """Post the decision's Events in the background: status already holds the timeline."""
-        if decision.events:
-            task = asyncio.create_task(self._post_events_now(job, decision))
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
-
-    async def _post_events_now(self, job: FineTuneJob, decision: Decision) -> None:
-        assert self.kube is not None
+        """Queue the decision's Events for the posters (as client-go's event recorder
+        does): launch-critical writes go first, Events follow when the API has room.
+        Status already holds the timeline; a full queue drops Events, never blocks."""
         for i, entry in enumerate(decision.events):
             hint = f"{job.metadata.uid}/{entry['time']}/{entry['type']}/{entry['reason']}/{i}"
             body = build_event(
@@ -640,11 +641,21 @@ class Controller:
                 uid_hint=hint,
             )
             try:
-                await self.kube.create(EVENTS, body)
-            except ApiError as err:  # events are best effort; status holds the timeline
-                log.debug(
-                    "event for %s/%s not posted: %s", job.metadata.namespace, job.metadata.name, err
+                self._events.put_nowait(body)
+            except asyncio.QueueFull:
+                metrics.RECONCILE_ERRORS.labels("event").inc()
+                log.warning(
+                    "event queue full; dropped %s for %s", entry["reason"], job.metadata.name
                 )
+
+    async def _event_poster(self) -> None:
+        assert self.kube is not None
+        while True:
+            body = await self._events.get()
+            try:
+                await self.kube.create(EVENTS, body)
+            except ApiError as err:  # best effort: the timeline in status is the record
+                log.debug("event %s not posted: %s", body["metadata"]["name"], err)
 
     async def _fail_invalid(self, key: JobKey, body: dict[str, Any], err: ValidationError) -> None:
         """A stored object the model rejects (the CRD is older or laxer): fail it, clearly."""
