@@ -62,22 +62,45 @@ class Launcher(Protocol):
     def is_suspended(self, obj: dict[str, Any]) -> bool: ...
 
 
-def _true_conditions(obj: dict[str, Any]) -> dict[str, dict[str, Any]]:
+def _state_from_conditions(
+    obj: dict[str, Any], table: tuple[tuple[str, LauncherPhase], ...]
+) -> LauncherState | None:
+    """The state of the first condition type in ``table`` that is True, if any."""
     conditions = (obj.get("status") or {}).get("conditions") or []
-    return {c.get("type", ""): c for c in conditions if str(c.get("status")) == "True"}
+    true = {c.get("type", ""): c for c in conditions if str(c.get("status")) == "True"}
+    for ctype, phase in table:
+        if ctype in true:
+            c = true[ctype]
+            return LauncherState(phase, str(c.get("reason", "")), str(c.get("message", "")))
+    return None
 
 
-class PyTorchJobLauncher:
+class _KubeflowKind:
+    """What both launchers share: where their kind lives in the API."""
+
+    group: str
+    version: str
+
+    @property
+    def api_version(self) -> str:
+        return f"{self.group}/{self.version}"
+
+
+class PyTorchJobLauncher(_KubeflowKind):
     """Kubeflow ``kubeflow.org/v1`` PyTorchJob."""
 
     kind = "PyTorchJob"
     group = "kubeflow.org"
     version = "v1"
     plural = "pytorchjobs"
-
-    @property
-    def api_version(self) -> str:
-        return f"{self.group}/{self.version}"
+    #: its conditions, most decisive first
+    CONDITIONS = (
+        ("Succeeded", LauncherPhase.SUCCEEDED),
+        ("Failed", LauncherPhase.FAILED),
+        ("Suspended", LauncherPhase.SUSPENDED),
+        ("Restarting", LauncherPhase.RESTARTING),
+        ("Running", LauncherPhase.RUNNING),
+    )
 
     def build(
         self,
@@ -90,18 +113,7 @@ class PyTorchJobLauncher:
         return builders.build_pytorchjob(job, config, pool, attempt, suspend)
 
     def observe(self, obj: dict[str, Any]) -> LauncherState:
-        true = _true_conditions(obj)
-        for ctype, phase in (
-            ("Succeeded", LauncherPhase.SUCCEEDED),
-            ("Failed", LauncherPhase.FAILED),
-            ("Suspended", LauncherPhase.SUSPENDED),
-            ("Restarting", LauncherPhase.RESTARTING),
-            ("Running", LauncherPhase.RUNNING),
-        ):
-            if ctype in true:
-                c = true[ctype]
-                return LauncherState(phase, str(c.get("reason", "")), str(c.get("message", "")))
-        return LauncherState(LauncherPhase.PENDING)
+        return _state_from_conditions(obj, self.CONDITIONS) or LauncherState(LauncherPhase.PENDING)
 
     def suspend_patch(self, suspend: bool) -> dict[str, Any]:
         return {"spec": {"runPolicy": {"suspend": suspend}}}
@@ -110,7 +122,7 @@ class PyTorchJobLauncher:
         return bool(((obj.get("spec") or {}).get("runPolicy") or {}).get("suspend"))
 
 
-class TrainJobLauncher:
+class TrainJobLauncher(_KubeflowKind):
     """Kubeflow Trainer v2 ``trainer.kubeflow.org/v1alpha1`` TrainJob.
 
     Built against the ``torch-distributed`` ClusterTrainingRuntime; this is the path for
@@ -123,10 +135,11 @@ class TrainJobLauncher:
     version = "v1alpha1"
     plural = "trainjobs"
     runtime = "torch-distributed"
-
-    @property
-    def api_version(self) -> str:
-        return f"{self.group}/{self.version}"
+    CONDITIONS = (
+        ("Complete", LauncherPhase.SUCCEEDED),
+        ("Failed", LauncherPhase.FAILED),
+        ("Suspended", LauncherPhase.SUSPENDED),
+    )
 
     def build(
         self,
@@ -189,15 +202,9 @@ class TrainJobLauncher:
         }
 
     def observe(self, obj: dict[str, Any]) -> LauncherState:
-        true = _true_conditions(obj)
-        for ctype, phase in (
-            ("Complete", LauncherPhase.SUCCEEDED),
-            ("Failed", LauncherPhase.FAILED),
-            ("Suspended", LauncherPhase.SUSPENDED),
-        ):
-            if ctype in true:
-                c = true[ctype]
-                return LauncherState(phase, str(c.get("reason", "")), str(c.get("message", "")))
+        state = _state_from_conditions(obj, self.CONDITIONS)
+        if state is not None:
+            return state
         if (obj.get("spec") or {}).get("suspend"):
             return LauncherState(LauncherPhase.SUSPENDED)
         jobs = (obj.get("status") or {}).get("jobsStatus") or []
