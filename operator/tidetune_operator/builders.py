@@ -16,8 +16,8 @@ import yaml
 from tidetune.api import FineTuneJob
 from tidetune.api.constants import JOB_LABEL, KUEUE_QUEUE_LABEL
 from tidetune.api.idlepool import IdlePool
+from tidetune.layout import SPEC_FILE, SPEC_MOUNT, job_root, run_uri
 from tidetune_operator.config import OperatorConfig
-from tidetune_operator.layout import SPEC_FILE, SPEC_MOUNT, job_root, run_uri
 
 MAX_NAME = 63
 #: Kubeflow names pods "<job>-master-0" / "<job>-worker-N" and services after them

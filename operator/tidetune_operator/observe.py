@@ -11,8 +11,8 @@ import hashlib
 import json
 from typing import Any
 
+from tidetune.layout import ESTIMATE_FILE, MANIFEST_FILE, PROGRESS_FILE, run_uri
 from tidetune.storage import ObjectStore, S3Credentials, StorageError, open_store
-from tidetune_operator.layout import ESTIMATE_FILE, MANIFEST_FILE, PROGRESS_FILE, run_uri
 from tidetune_operator.reconcile import ArtifactCheck, RunState
 
 

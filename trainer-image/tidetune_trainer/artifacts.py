@@ -23,10 +23,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tidetune.layout import MANIFEST_FILE, job_root
 from tidetune.storage import LocalStore, ObjectStore, open_store
 from tidetune_trainer.checkpoint import CheckpointManager, utcnow
 
-MANIFEST = "manifest.json"
+MANIFEST = MANIFEST_FILE
 
 
 def sha256_file(path: Path) -> str:
@@ -38,8 +39,8 @@ def sha256_file(path: Path) -> str:
 
 
 def output_prefix(output_uri: str, namespace: str, name: str, uid: str) -> str:
-    """``<output>/<namespace>/<name>/<uid>`` as a URI."""
-    return output_uri.rstrip("/") + f"/{namespace}/{name}/{uid}"
+    """``<output>/<namespace>/<name>/<uid>`` as a URI (the layout the operator reads)."""
+    return job_root(output_uri, namespace, name, uid)
 
 
 @dataclass

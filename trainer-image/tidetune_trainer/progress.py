@@ -38,11 +38,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+# the names the operator reads, re-exported for the trainer's modules
+from tidetune.layout import ESTIMATE_FILE as ESTIMATE_FILE
+from tidetune.layout import METRICS_FILE as METRICS_FILE
+from tidetune.layout import PROGRESS_FILE as PROGRESS_FILE
 from tidetune.storage import ObjectStore
-
-METRICS_FILE = "metrics.jsonl"
-PROGRESS_FILE = "progress.json"
-ESTIMATE_FILE = "estimate.json"
 
 STATES = ("starting", "running", "checkpointing", "preempted", "exporting", "succeeded", "failed")
 

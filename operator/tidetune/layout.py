@@ -1,5 +1,7 @@
 """Where a job's files live in object storage, and the names the trainer writes there.
 
+One definition for both sides: the trainer writes these names, the operator reads them.
+
 ``<output base>/<namespace>/<name>/<uid>/`` is the job's root: exported artifacts and
 ``manifest.json`` at the top, the run location (checkpoints, ``progress.json``,
 ``metrics.jsonl``, ``estimate.json``) under ``run/``. The uid keeps a re-created job
