@@ -37,7 +37,14 @@ import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from tidetune.launchers.local import LocalJob, LocalLaunch, LocalProcessLauncher, free_port
+from tidetune.launchers.local import (
+    DEFAULT_ENTRY_MODULE,
+    LocalJob,
+    LocalLaunch,
+    LocalProcessLauncher,
+    free_port,
+)
+from tidetune.layout import SPEC_MOUNT
 
 if TYPE_CHECKING:
     from tests.lab.lab import Lab
@@ -45,8 +52,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 KILL_ANNOTATION = "lab.tidetune.io/kill-node"
-ENTRY = ["python", "-m", "tidetune_trainer.launch"]
-SPEC_MOUNT = "/etc/tidetune"
+#: the container command the operator builds (tidetune_operator.builders.trainer_command)
+ENTRY = ["python", "-m", DEFAULT_ENTRY_MODULE]
 
 
 def _now() -> str:
