@@ -15,6 +15,8 @@ Phases::
        │         │      (preempted / node reclaimed / crash ≤ maxFailures: next attempt)
        │         │         ▼
        └────────▶┴──▶ Failed     Running ─▶ Exporting ─▶ Succeeded
+
+    any phase that is not terminal ─▶ Cancelled   (spec.cancelled: true)
 """
 
 from __future__ import annotations
@@ -409,6 +411,9 @@ def decide(world: World, config: OperatorConfig, launcher: Launcher) -> Decision
     job = world.job
     if b.phase.terminal:
         return _normalized(b.decision)
+    if job.spec.cancelled:
+        _cancel(b)
+        return _normalized(b.decision)
     if world.ref_problems and world.launcher is None and not b.status.get("attempt"):
         reason, message = world.ref_problems[0]
         b.condition(C.VALIDATED, False, reason, message)
@@ -452,6 +457,29 @@ def decide(world: World, config: OperatorConfig, launcher: Launcher) -> Decision
     return _normalized(b.decision)
 
 
+def _cancel(b: _Builder) -> None:
+    """``spec.cancelled: true``: delete the launched job (its pods get SIGTERM and the
+    trainer checkpoints), end in phase Cancelled; status and storage are left as they are."""
+    launched = b.world.launcher
+    if launched is not None:
+        b.act(ActionKind.DELETE_LAUNCHER, name=launched["metadata"]["name"])
+    b.end_stint()
+    stopped = (
+        f"{b.launcher.kind} {launched['metadata']['name']} deleted; "
+        if launched is not None
+        else ""
+    )
+    message = (
+        f"cancelled (spec.cancelled is true); {stopped}checkpoints ({_last_checkpoint(b)}) "
+        "and artifacts are kept"
+    )
+    b.status["observedGeneration"] = b.job.metadata.generation
+    b.set_phase(Phase.CANCELLED, message)
+    b.condition(C.RUNNING, False, Reason.CANCELLED, "the job was cancelled")
+    b.status["completionTime"] = iso(b.now)
+    b.timeline("Cancelled", Reason.CANCELLED, message)
+
+
 def _normalized(decision: Decision) -> Decision:
     """The status as the model writes it (defaults filled, times in one format), so that
     an unchanged status compares equal to the stored one and is not written again."""
@@ -467,6 +495,9 @@ def _launch(b: _Builder, attempt: int, suspend: bool) -> None:
     body = b.launcher.build(job, b.config, world.pool, attempt, suspend)
     b.act(ActionKind.CREATE_LAUNCHER, body)
     b.status["attempt"] = attempt
+    root = builders.job_root_uri(job, b.config)
+    if root is not None:
+        b.status["outputUri"] = root + "/"
     b.status["launcher"] = {
         "kind": b.launcher.kind,
         "name": body["metadata"]["name"],

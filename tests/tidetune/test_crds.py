@@ -149,6 +149,7 @@ def _started(doc: dict[str, Any]) -> dict[str, Any]:
     ("edits", "allowed"),
     [
         ({"spec.suspend": True}, True),
+        ({"spec.cancelled": True}, True),
         ({"spec.scheduling.priority": 99}, True),
         ({"spec.scheduling.maxRuntime": "48h"}, True),
         ({"spec.hyperparameters.learningRate": 0.5}, False),
@@ -178,3 +179,17 @@ def test_spec_is_immutable_once_started(edits: dict[str, Any], allowed: bool) ->
         )
         == []
     )
+
+
+def test_a_cancelled_job_stays_cancelled() -> None:
+    crd = CRDS["FineTuneJob"]
+    old = _started(edit(example("sft-lora.yaml"), {"spec.cancelled": True}))
+    for new in (
+        _started(edit(example("sft-lora.yaml"), {"spec.cancelled": False})),
+        _started(example("sft-lora.yaml")),  # the field removed
+    ):
+        problems = server_verdict(crd, new, old)
+        assert any("a cancelled job stays cancelled" in p for p in problems), problems
+    assert server_verdict(crd, old, old) == []
+    # creating a job that is cancelled from the start is allowed (transition rules skip it)
+    assert server_verdict(crd, edit(example("sft-lora.yaml"), {"spec.cancelled": True})) == []

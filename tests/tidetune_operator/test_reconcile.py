@@ -381,3 +381,56 @@ def test_failed_reconciles_back_off_exponentially_to_a_minute() -> None:
     from tidetune_operator.controller import retry_delay
 
     assert [retry_delay(n) for n in range(1, 9)] == [1, 2, 4, 8, 16, 32, 60, 60]
+
+
+def test_cancel_running_job_deletes_the_launcher_and_keeps_the_record(
+    config: OperatorConfig,
+) -> None:
+    job, pj = running_job(config)
+    assert job.status is not None
+    assert job.status.output_uri == (f"s3://artifacts/team-a/team-a/poetry-sft/{job.metadata.uid}/")
+    job, _ = step(
+        job,
+        config,
+        launcher=pj,
+        run=RunState(state="running", step=20, checkpoints=[{"step": 20, "uri": "s3://c/20"}]),
+        now=T0 + timedelta(minutes=5),
+    )
+    cancelled = FineTuneJob.model_validate(
+        {
+            **job.model_dump(mode="json", by_alias=True, exclude_none=True),
+            "spec": {**job.spec.to_dict(), "cancelled": True},
+        }
+    )
+    job, d = step(cancelled, config, launcher=pj, now=T0 + timedelta(minutes=10))
+    assert [(a.kind, a.name) for a in d.actions] == [
+        (ActionKind.DELETE_LAUNCHER, pj["metadata"]["name"])
+    ]
+    st = job.status
+    assert st is not None and st.phase is Phase.CANCELLED
+    assert st.message is not None and "step 20" in st.message and "kept" in st.message
+    assert st.completion_time is not None and st.running_since is None
+    assert st.run_seconds == 600.0
+    assert [c.step for c in st.checkpoints] == [20]  # the record is kept
+    running = next(c for c in st.conditions if c.type == "Running")
+    assert (running.status, running.reason) == ("False", "Cancelled")
+    assert types(d) == ["Cancelled"]
+    # terminal: nothing happens again, even when the launched job is still there
+    job, d = step(job, config, launcher=pj, now=T0 + timedelta(minutes=11))
+    assert d.actions == [] and d.events == []
+    assert job.status is not None and job.status.phase is Phase.CANCELLED
+
+
+def test_cancel_queued_job_launches_nothing(config: OperatorConfig) -> None:
+    job, d = step(
+        make_job(),
+        config,
+        admission=Admission(admitted=False, reason=Reason.WAITING_FOR_POOL_WINDOW, message="w"),
+    )
+    assert job.status is not None and job.status.phase is Phase.QUEUED
+    job = make_job(edits={"spec.cancelled": True}, status=job.status.to_dict())
+    job, d = step(job, config)
+    assert d.actions == []
+    assert job.status is not None and job.status.phase is Phase.CANCELLED
+    assert job.status.start_time is None and job.status.completion_time is not None
+    assert types(d) == ["Cancelled"]

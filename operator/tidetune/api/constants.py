@@ -162,7 +162,12 @@ class Day(StrEnum):
 
 
 #: Spec fields that may change after a job has started (dotted camelCase paths).
-MUTABLE_AFTER_START: Final = ("suspend", "scheduling.priority", "scheduling.maxRuntime")
+MUTABLE_AFTER_START: Final = (
+    "suspend",
+    "cancelled",
+    "scheduling.priority",
+    "scheduling.maxRuntime",
+)
 
 #: Model URI schemes the trainer can load from.
 MODEL_URI_SCHEMES: Final = ("s3", "pvc", "file", "hf", "builtin")

@@ -593,6 +593,12 @@ class FineTuneJobSpec(ApiModel):
                 ".output.mergeLora",
             ),
             rule(
+                "!has(oldSelf.cancelled) || !oldSelf.cancelled "
+                "|| (has(self.cancelled) && self.cancelled)",
+                "a cancelled job stays cancelled; copy it (tidetune copy) to run it again",
+                ".cancelled",
+            ),
+            rule(
                 "!has(self.output) || !has(self.output.exportCheckpoints) "
                 "|| self.output.exportCheckpoints <= "
                 "(has(self.checkpointing) && has(self.checkpointing.keep) "
@@ -653,6 +659,14 @@ class FineTuneJobSpec(ApiModel):
     )
     suspend: bool = Field(
         False, description="true pauses the job (checkpoint, then stop); false resumes it."
+    )
+    cancelled: bool = Field(
+        False,
+        description=(
+            "true stops the job for good: phase Cancelled, the launched job is deleted (the "
+            "trainer checkpoints on its way out), status, checkpoints and artifacts are kept. "
+            "Cannot be set back to false: copy the job to run it again."
+        ),
     )
 
     @model_validator(mode="after")
@@ -806,6 +820,13 @@ class FineTuneJobStatus(StatusModel):
     )
     attempt: int = Field(0, ge=0, description="Launch attempts so far (1 after the first launch).")
     launcher: LauncherRef | None = Field(None, description="The launched training job.")
+    output_uri: str | None = Field(
+        None,
+        description=(
+            "Where the job's files live: exported artifacts and manifest.json at the top, the "
+            "run (checkpoints, metrics.jsonl, progress.json, each rank's log) under run/."
+        ),
+    )
     checkpoints: list[CheckpointRef] = Field(
         default_factory=list, description="Complete checkpoints kept."
     )
