@@ -1,8 +1,10 @@
 """The ``tidetune`` command line.
 
-``validate`` and ``crds`` need only this light package. ``run`` and ``data stats`` need
-the trainer (torch, transformers): they are imported only when called, so the operator
-image can ship the same CLI without torch.
+``validate``, ``crds`` and the job commands (:mod:`tidetune.jobs.cli`: ``metrics``,
+``logs``, ``compare``, ``copy``, ``cancel``, ``report``, ``publish``) need only this light
+package (plus the kubernetes client for cluster jobs, matplotlib for PNGs). ``run``,
+``data stats``, ``chat``, ``generate`` and ``eval`` need the trainer (torch, transformers):
+they are imported only when called, so the operator image ships the same CLI without torch.
 """
 
 from __future__ import annotations
@@ -112,12 +114,17 @@ def build_parser() -> argparse.ArgumentParser:
         "stats", help="samples, tokens, lengths and packing efficiency", add_help=False
     )
     stats.set_defaults(delegate="tidetune_trainer.data.stats")
+
+    from tidetune.jobs.cli import register as register_job_commands
+
+    register_job_commands(sub)
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, prog: str = "tidetune") -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
+    parser.prog = prog
     # `run` and `data stats` parse their own arguments (they live in the trainer package).
     if args_list[:1] == ["run"]:
         return _delegate("tidetune_trainer.local_run", args_list[1:])
@@ -126,6 +133,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(args_list)
     code: int = args.func(args)
     return code
+
+
+def kubectl_plugin() -> int:
+    """``kubectl tidetune …``: kubectl runs ``kubectl-tidetune`` from PATH."""
+    return main(prog="kubectl tidetune")
 
 
 if __name__ == "__main__":

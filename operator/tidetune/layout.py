@@ -28,3 +28,52 @@ def job_root(output_base: str, namespace: str, name: str, uid: str) -> str:
 
 def run_uri(root: str) -> str:
     return f"{root}/{RUN_DIR}"
+
+
+# --------------------------------------------------------------------------- rank logs
+
+#: each rank's log, under the run location: ``logs/attempt-<N>/rank-<R>.log``
+LOGS_DIR: Final = "logs"
+#: the attempt number the trainer files its log under (the operator sets it in each pod)
+ATTEMPT_ENV: Final = "TIDETUNE_ATTEMPT"
+
+
+def rank_log_key(attempt: int, rank: int) -> str:
+    """``logs/attempt-<N>/rank-<R>.log``, relative to the run location."""
+    return f"{LOGS_DIR}/attempt-{attempt}/rank-{rank}.log"
+
+
+def parse_rank_log_key(key: str) -> tuple[int, int] | None:
+    """``(attempt, rank)`` from a key that ends in ``attempt-<N>/rank-<R>.log``, else None."""
+    parts = key.rsplit("/", 2)
+    if len(parts) < 2 or not parts[-2].startswith("attempt-") or not parts[-1].startswith("rank-"):
+        return None
+    attempt, rank = parts[-2].removeprefix("attempt-"), parts[-1].removeprefix("rank-")
+    rank = rank.removesuffix(".log")
+    if not (attempt.isdigit() and rank.isdigit()):
+        return None
+    return int(attempt), int(rank)
+
+
+# --------------------------------------------------------------------------- local runs
+
+#: ``tidetune run --workdir DIR``: the object store is ``DIR/store``; each run lives in
+#: ``store/runs/<namespace>/<name>/<uid>/`` and artifacts, unless the spec names an output,
+#: in ``store/artifacts/<namespace>/<name>/<uid>/``. Besides the trainer's files the run
+#: folder holds the job as run (``job.json``, with its uid), its ``timeline.json`` and,
+#: while ``tidetune run`` is running, ``local.json`` (its pid); ``tidetune cancel`` writes
+#: ``cancel.json``.
+LOCAL_STORE_DIR: Final = "store"
+LOCAL_RUNS_DIR: Final = "runs"
+LOCAL_ARTIFACTS_DIR: Final = "artifacts"
+LOCAL_JOB_FILE: Final = "job.json"
+LOCAL_TIMELINE_FILE: Final = "timeline.json"
+LOCAL_PROCESS_FILE: Final = "local.json"
+LOCAL_CANCEL_FILE: Final = "cancel.json"
+
+
+def local_uid(namespace: str, name: str) -> str:
+    """The uid of a local run of a job without ``metadata.uid`` (stable: reruns resume)."""
+    import uuid
+
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"tidetune.io/local/{namespace}/{name}"))

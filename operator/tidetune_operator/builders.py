@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from tidetune.api import FineTuneJob
+from tidetune.api.constants import ATTEMPT_LABEL as ATTEMPT_LABEL
 from tidetune.api.constants import JOB_LABEL, KUEUE_QUEUE_LABEL
 from tidetune.api.idlepool import IdlePool
 from tidetune.layout import SPEC_FILE, SPEC_MOUNT, job_root, run_uri
@@ -23,7 +24,6 @@ MAX_NAME = 63
 #: Kubeflow names pods "<job>-master-0" / "<job>-worker-N" and services after them
 #: (DNS-1035 labels ≤ 63), so the launched job's own name must leave room for that.
 MAX_LAUNCHER_NAME = 45
-ATTEMPT_LABEL = "tidetune.io/attempt"
 MANAGED_BY = {"app.kubernetes.io/managed-by": "tidetune"}
 
 #: The restricted Pod Security Standard for the trainer container.

@@ -27,13 +27,13 @@ import os
 import signal
 import sys
 import time
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from tidetune import exitcodes
+from tidetune import exitcodes, layout
+from tidetune.jobs.localstatus import final_job
 
 DEFAULT_WORKDIR = "runs"
 
@@ -100,8 +100,7 @@ def job_uid(job: Any) -> str:
     """``metadata.uid`` or a stable uid from namespace/name (reruns resume)."""
     if job.metadata.uid:
         return str(job.metadata.uid)
-    ns = job.metadata.namespace or "default"
-    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"tidetune.io/local/{ns}/{job.metadata.name}"))
+    return layout.local_uid(job.metadata.namespace or "default", job.metadata.name)
 
 
 def _fmt_secs(s: float | None) -> str:
@@ -172,10 +171,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     name = job.metadata.name
     uid = job_uid(job)
     workdir = Path(args.workdir).resolve()
-    store = workdir / "store"
-    run_dir = store / "runs" / ns / name / uid
+    store = workdir / layout.LOCAL_STORE_DIR
+    run_dir = store / layout.LOCAL_RUNS_DIR / ns / name / uid
     run_uri = "file://" + str(run_dir)
-    output_uri = spec.output.uri or "file://" + str(store / "artifacts")
+    output_uri = spec.output.uri or "file://" + str(store / layout.LOCAL_ARTIFACTS_DIR)
     if scheme_of(output_uri) == "file" and not output_uri.startswith("file://"):
         output_uri = "file://" + str(Path(output_uri).resolve())
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -183,10 +182,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     body["metadata"]["uid"] = uid
     body["metadata"].setdefault("namespace", ns)
     body.pop("status", None)
-    spec_file = run_dir / "job.json"
-    spec_file.write_text(json.dumps(body, indent=1))
-    timeline = Timeline(run_dir / "timeline.json", out=err)
+    spec_file = run_dir / layout.LOCAL_JOB_FILE
+    timeline = Timeline(run_dir / layout.LOCAL_TIMELINE_FILE, out=err)
     timeline.load()
+    if any(e["type"] == "Cancelled" for e in timeline.entries):
+        print(
+            f"{args.file}: {ns}/{name} was cancelled; copy it under a new name to run it "
+            f"again (tidetune copy {ns}/{name} NEW --workdir {args.workdir})",
+            file=err,
+        )
+        return 1
+    spec_file.write_text(json.dumps(body, indent=1))
+    (run_dir / layout.LOCAL_CANCEL_FILE).unlink(missing_ok=True)
     resumed = any(e["type"] in ("Started", "Resumed") for e in timeline.entries)
     timeline.add(
         "Validated", "SpecValid", f"{args.file}: {spec.method.value} on {spec.base_model.uri}"
@@ -226,6 +233,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if spec.resources.gpus_per_node > 0 and torch.cuda.is_available()
         else 1
     )
+    attempt = 1 + sum(1 for e in timeline.entries if e["type"] in ("Started", "Resumed"))
     term_log = run_dir / "termination-log"
     term_log.unlink(missing_ok=True)
     env = {
@@ -233,6 +241,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"),
         "TIDETUNE_TERMINATION_LOG": str(term_log),
         "PYTHONUNBUFFERED": "1",
+        layout.ATTEMPT_ENV: str(attempt),
         "OMP_NUM_THREADS": os.environ.get(
             "OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc))
         ),
@@ -280,6 +289,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 handle.kill_node(r)
 
     old_handler = signal.signal(signal.SIGINT, on_sigint)
+    process_file = run_dir / layout.LOCAL_PROCESS_FILE
+    process_file.write_text(json.dumps({"pid": os.getpid(), "attempt": attempt}))
+    cancel_file = run_dir / layout.LOCAL_CANCEL_FILE
+    cancelled = False
     seen_ckpts = {c["step"] for c in before.get("checkpoints", [])}
     tty = err.isatty()
     last_print = 0.0
@@ -287,6 +300,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         while (code := handle.poll()) is None:
             time.sleep(0.3)
+            if not cancelled and cancel_file.exists():
+                cancelled = True  # `tidetune cancel`: checkpoint, stop, and stay stopped
+                print("\ncancelled: the trainer checkpoints, then exits", file=err, flush=True)
+                handle.signal(signal.SIGTERM)
             p = _read_json(progress_file)
             if not p:
                 continue
@@ -304,6 +321,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             last_line = line
     finally:
         signal.signal(signal.SIGINT, old_handler)
+        process_file.unlink(missing_ok=True)
     if tty:
         print(file=err)
     p = _read_json(progress_file) or {}
@@ -313,7 +331,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     elapsed = time.monotonic() - started
     message = term_log.read_text().strip() if term_log.exists() else ""
     outcome = exitcodes.classify(code)
-    if outcome is exitcodes.Outcome.SUCCEEDED:
+    if cancelled and outcome is not exitcodes.Outcome.SUCCEEDED:
+        timeline.add(
+            "Cancelled",
+            "Cancelled",
+            f"cancelled at step {p.get('step')}; checkpoints and artifacts are kept",
+        )
+        phase = "Cancelled"
+    elif outcome is exitcodes.Outcome.SUCCEEDED:
         timeline.add(
             "Exported",
             "ArtifactsExported",
@@ -338,13 +363,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(message, file=err)
         print(f"trainer logs: {', '.join(str(x) for x in handle.logs)}", file=err)
         phase = "Failed"
-    est_file = _read_json(run_dir / "estimate.json")
-    if est_file:
-        estimate = {
-            k: est_file[k]
-            for k in ("trainTokens", "gpuHours", "cost", "currency", "gpuType", "sampled")
-            if k in est_file
-        }
+    estimate = _read_json(run_dir / layout.ESTIMATE_FILE) or estimate
     _finish(args, job, body, phase, timeline, run_dir, estimate, message or p.get("message"), p)
     if phase == "Succeeded":
         return 0
@@ -370,59 +389,6 @@ def _finish(
             )
         )
     return 1
-
-
-def final_job(
-    body: dict[str, Any],
-    phase: str,
-    timeline: list[dict[str, Any]],
-    estimate: dict[str, Any] | None,
-    message: str | None,
-    progress: dict[str, Any] | None,
-) -> dict[str, Any]:
-    """The FineTuneJob (spec + status) as the API model renders it."""
-    from tidetune.api import FineTuneJob
-
-    p = progress or {}
-    status: dict[str, Any] = {
-        "phase": phase,
-        "message": (message or "").splitlines()[0][:1024] if message else None,
-        "timeline": timeline[:10] + timeline[10:][-90:],
-        "launcher": {
-            "kind": "LocalProcess",
-            "name": f"{body['metadata'].get('namespace')}-{body['metadata']['name']}",
-        },
-    }
-    if p:
-        status["progress"] = {
-            "step": p.get("step", 0),
-            "totalSteps": p.get("totalSteps"),
-            "epoch": p.get("epoch", 0.0),
-            "percent": min(100.0, p.get("percent", 0.0)),
-            "trainedTokens": p.get("trainedTokens", 0),
-            **({"eta": p["eta"]} if p.get("eta") else {}),
-        }
-        m = p.get("metrics") or {}
-        status["metrics"] = {
-            k: m[k]
-            for k in ("trainLoss", "evalLoss", "learningRate", "tokensPerSecond", "gradNorm")
-            if m.get(k) is not None
-        }
-        status["checkpoints"] = [
-            {"step": c["step"], "uri": c["uri"], **({"time": c["time"]} if c.get("time") else {})}
-            for c in p.get("checkpoints", [])
-        ]
-        status["artifacts"] = p.get("artifacts", [])
-    if estimate:
-        status["estimate"] = estimate
-    starts = [e["time"] for e in timeline if e["type"] in ("Started", "Resumed")]
-    if starts:
-        status["startTime"] = starts[0]
-    if phase in ("Succeeded", "Failed"):
-        status["completionTime"] = timeline[-1]["time"] if timeline else _now()
-    status["preemptions"] = sum(1 for e in timeline if e["type"] == "Suspended")
-    full = {**body, "status": status}
-    return FineTuneJob.model_validate(full).to_dict()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -20,6 +20,9 @@ message is written to the termination log: ``$TIDETUNE_TERMINATION_LOG`` or
 ``/dev/termination-log`` when it exists (Kubernetes shows it in the pod status), and
 to ``progress.json`` (``state: failed``).
 
+Each rank keeps its log in the run location (:mod:`tidetune_trainer.runlog`):
+``<run>/logs/attempt-<TIDETUNE_ATTEMPT>/rank-<RANK>.log``.
+
 Environment: ``TIDETUNE_STOP_AT_STEP=N`` behaves as if SIGTERM arrived after step N
 (tests); ``TIDETUNE_EXIT_DIR`` (set by the launch wrapper) receives ``rank-<R>.code``.
 """
@@ -31,7 +34,6 @@ import json
 import logging
 import os
 import sys
-import traceback
 from pathlib import Path
 from typing import Any
 
@@ -137,7 +139,10 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO,
         format=f"%(asctime)s [rank {_rank()}] %(levelname)s %(name)s: %(message)s",
     )
+    from tidetune_trainer import runlog
     from tidetune_trainer.loop import StopFlag
+
+    rank_log = runlog.install(args.run_uri, _rank())
 
     stop = StopFlag()
     stop.install()
@@ -169,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(e, Preempted):
             log.warning("%s", message)
         elif code == exitcodes.CRASHED:
-            traceback.print_exc()
+            log.error("the trainer crashed", exc_info=True)
             message = f"{type(e).__name__}: {message}"
         else:
             log.error("%s", message)
@@ -183,6 +188,9 @@ def main(argv: list[str] | None = None) -> int:
             reporter.close()
         write_exit_code(code)
         _shutdown_distributed(code)
+        if rank_log is not None:
+            log.info("exit code %d", code)
+            rank_log.close()
     return code
 
 

@@ -31,6 +31,7 @@ default ``0.0.0.0``): ``tidetune_trainer_step``, ``…_total_steps``, ``…_epoc
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import time
@@ -43,6 +44,8 @@ from tidetune.layout import ESTIMATE_FILE as ESTIMATE_FILE
 from tidetune.layout import METRICS_FILE as METRICS_FILE
 from tidetune.layout import PROGRESS_FILE as PROGRESS_FILE
 from tidetune.storage import ObjectStore
+
+log = logging.getLogger(__name__)
 
 STATES = ("starting", "running", "checkpointing", "preempted", "exporting", "succeeded", "failed")
 
@@ -267,6 +270,14 @@ class ProgressReporter:
         self._remember(line)
         self._append_metrics(line)
         self.write_progress()
+        log.info(
+            "step %d/%d loss %s lr %.3g%s",
+            step,
+            self.total_steps,
+            f"{line['loss']:.4f}" if line["loss"] is not None else "--",
+            learning_rate,
+            f" {line['tokensPerSecond']:,.0f} tok/s" if line["tokensPerSecond"] else "",
+        )
         if self.prom:
             p = self.prom
             p.step.set(step)
@@ -295,6 +306,7 @@ class ProgressReporter:
         """Attach an evaluation to the line of ``step`` (or add a line for it)."""
         if not self.enabled:
             return
+        log.info("step %d eval loss %.4f", step, eval_loss)
         if self.lines and self.lines[-1]["step"] == step:
             self.lines[-1]["evalLoss"] = _finite(eval_loss)
             self._remember(self.lines[-1])

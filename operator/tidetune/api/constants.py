@@ -23,6 +23,8 @@ CATEGORY: Final = "tidetune"
 
 #: Label put on everything a FineTuneJob owns (launcher, ConfigMap, pods).
 JOB_LABEL: Final = "tidetune.io/job"
+#: Label put on a launched job and its pods: the attempt (1, 2, …) that launched them.
+ATTEMPT_LABEL: Final = "tidetune.io/attempt"
 #: Label that hands a launched job to Kueue.
 KUEUE_QUEUE_LABEL: Final = "kueue.x-k8s.io/queue-name"
 
