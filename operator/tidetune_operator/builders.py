@@ -155,6 +155,23 @@ def _secret_env(job: FineTuneJob) -> list[dict[str, Any]]:
     ]
 
 
+def _registry_env(job: FineTuneJob) -> list[dict[str, Any]]:
+    """The model registry's credentials (``spec.output.publish.credentialsSecretRef``) in
+    the variables the MLflow client reads; every key is optional."""
+    publish = job.spec.output.publish
+    if publish is None or publish.credentials_secret_ref is None:
+        return []
+    name = publish.credentials_secret_ref.name
+    return [
+        {"name": var, "valueFrom": {"secretKeyRef": {"name": name, "key": key, "optional": True}}}
+        for var, key in (
+            ("MLFLOW_TRACKING_TOKEN", "token"),
+            ("MLFLOW_TRACKING_USERNAME", "username"),
+            ("MLFLOW_TRACKING_PASSWORD", "password"),
+        )
+    ]
+
+
 def container_resources(job: FineTuneJob, config: OperatorConfig) -> dict[str, Any]:
     res = job.spec.resources
     defaults = config.default_resources
@@ -218,6 +235,7 @@ def pod_template(
         {"name": "TIDETUNE_TERMINATION_LOG", "value": "/dev/termination-log"},
         {"name": "HOME", "value": "/tmp"},
         *_secret_env(job),
+        *_registry_env(job),
     ]
     if job.spec.model_scheme != "hf":
         env.append({"name": "HF_HUB_OFFLINE", "value": "1"})

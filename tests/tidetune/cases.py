@@ -230,6 +230,27 @@ BAD: list[tuple[str, str, dict[str, Any], str]] = [
     ("merge-with-full", "sft-full.yaml", {"spec.output.mergeLora": True}, "spec.output.mergeLora"),
     ("output-uri", JOB, {"spec.output.uri": "gs://bucket/"}, "spec.output.uri"),
     (
+        "publish-merged-without-merge",
+        JOB,
+        {
+            "spec.output.mergeLora": False,
+            "spec.output.publish": {"registry": "http://mlflow:5000", "artifact": "merged"},
+        },
+        "spec.output.publish.artifact",
+    ),
+    (
+        "publish-registry-not-http",
+        JOB,
+        {"spec.output.publish": {"registry": "mlflow:5000"}},
+        "spec.output.publish.registry",
+    ),
+    (
+        "publish-artifact-unknown",
+        JOB,
+        {"spec.output.publish": {"registry": "http://m", "artifact": "best"}},
+        "spec.output.publish.artifact",
+    ),
+    (
         "credentials-in-spec",
         JOB,
         {"spec.storageSecretRef.accessKey": "AKIA..."},
@@ -328,6 +349,31 @@ GOOD: list[tuple[str, str, dict[str, Any]]] = [
     ("hf-model", JOB, {"spec.baseModel.uri": "hf://Qwen/Qwen2.5-0.5B"}),
     ("pc-columns", "sft-full.yaml", {"spec.data.train.promptColumn": "q"}),
     ("export-none", JOB, {"spec.output.exportCheckpoints": 0}),
+    (
+        "publish",
+        JOB,
+        {
+            "spec.output.mergeLora": True,
+            "spec.output.publish": {
+                "registry": "https://mlflow.example.com",
+                "model": "poetry",
+                "artifact": "merged",
+                "credentialsSecretRef": {"name": "mlflow-token"},
+            },
+        },
+    ),
+    (
+        "publish-checkpoint",
+        JOB,
+        {
+            "spec.output.publish": {
+                "registry": "http://m:5000",
+                "artifact": "checkpoint-100",
+                "copyFiles": False,
+            }
+        },
+    ),
+    ("cancelled", JOB, {"spec.cancelled": True}),
     (
         "pool-whole-days",
         POOL,

@@ -52,6 +52,32 @@ def test_credentials_only_as_secret_refs(config: OperatorConfig) -> None:
     assert by_name["TIDETUNE_S3_ENDPOINT"]["valueFrom"]["secretKeyRef"]["optional"] is True
 
 
+def test_registry_credentials_only_as_optional_secret_refs(config: OperatorConfig) -> None:
+    plain = builders.build_pytorchjob(make_job(), config, None, attempt=1, suspend=False)
+    env = plain["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["env"]
+    assert not any(e["name"].startswith("MLFLOW_") for e in env)
+    job = make_job(
+        edits={
+            "spec.output.publish": {
+                "registry": "https://mlflow.example.com",
+                "credentialsSecretRef": {"name": "mlflow-auth"},
+            }
+        }
+    )
+    pj = builders.build_pytorchjob(job, config, None, attempt=1, suspend=False)
+    env = pj["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["env"]
+    by_name = {e["name"]: e for e in env}
+    for var, key in (
+        ("MLFLOW_TRACKING_TOKEN", "token"),
+        ("MLFLOW_TRACKING_USERNAME", "username"),
+        ("MLFLOW_TRACKING_PASSWORD", "password"),
+    ):
+        assert by_name[var] == {
+            "name": var,
+            "valueFrom": {"secretKeyRef": {"name": "mlflow-auth", "key": key, "optional": True}},
+        }
+
+
 def test_restricted_security_context(config: OperatorConfig) -> None:
     pj = builders.build_pytorchjob(make_job(), config, None, attempt=1, suspend=False)
     pod = pj["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]

@@ -323,6 +323,8 @@ class Session:
                     }
                 )
                 statuses = [e.to_status() for e in writer.entries] + [manifest.to_status()]
+                if self.spec.output.publish is not None:
+                    self.publish(writer.prefix_uri)
         finally:
             engine.barrier()
             shutil.rmtree(tmp, ignore_errors=True)
@@ -330,3 +332,43 @@ class Session:
             self.reporter.artifacts = statuses
             self.reporter.set_state("succeeded")
         return statuses
+
+    def publish(self, root_uri: str) -> dict[str, Any]:
+        """``spec.output.publish``: register the exported model (rank 0, after the manifest).
+
+        A registry that fails does not fail the job: the error is logged and kept in
+        ``<root>/published.json``, and ``tidetune publish`` tries again.
+        """
+        from tidetune.jobs.publish import keep_record, publish
+        from tidetune_trainer.artifacts import read_manifest
+        from tidetune_trainer.progress import iso
+
+        cfg = self.spec.output.publish
+        assert cfg is not None
+        lines = list(self.reporter.lines) if self.reporter is not None else []
+        try:
+            record = publish(
+                cfg.registry,
+                cfg.model or self.name,
+                self.job.model_dump(mode="json", by_alias=True, exclude_none=True),
+                read_manifest(root_uri, self.credentials),
+                lines,
+                artifact=cfg.artifact,
+                copy=cfg.copy_files,
+                storage=self.credentials,
+            )
+            log.info(
+                "published %s as %s version %s in %s",
+                record["artifact"],
+                record["model"],
+                record["version"],
+                cfg.registry,
+            )
+        except Exception as e:  # the model is exported: report, never fail the job here
+            log.error("publishing to %s failed: %s", cfg.registry, e)
+            record = {"registry": cfg.registry, "error": str(e), "time": iso()}
+        try:
+            keep_record(root_uri, record, self.credentials)
+        except Exception as e:
+            log.warning("cannot keep the publication record: %s", e)
+        return record

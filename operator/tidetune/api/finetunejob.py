@@ -509,8 +509,62 @@ class Checkpointing(ApiModel):
     )
 
 
+class SecretRef(ApiModel):
+    """A Secret in the job's own namespace."""
+
+    name: DnsSubdomain = Field(
+        description="Secret name. Keys: accessKey, secretKey, endpoint (optional)."
+    )
+
+
+class Publish(ApiModel):
+    """Register the exported model in a model registry when the job succeeds."""
+
+    registry: str = Field(
+        pattern=r"^https?://[^\s/]+(/.*)?$",
+        max_length=2048,
+        description="The MLflow tracking server (model registry) URL, http(s)://host[:port].",
+    )
+    model: DisplayName | None = Field(
+        None,
+        description=(
+            "Registered model name: a new model, or a new version of an existing one. "
+            "Defaults to the job's name."
+        ),
+    )
+    artifact: str | None = Field(
+        None,
+        pattern=r"^(final|merged|checkpoint-[0-9]+)$",
+        max_length=64,
+        description="Which artifact: merged, final or checkpoint-N. Default merged when "
+        "mergeLora is set, else final.",
+    )
+    copy_files: bool = Field(
+        True,
+        description=(
+            "Copy the files into the registry's artifact store (true), or register the "
+            "artifact where it is (false)."
+        ),
+    )
+    credentials_secret_ref: SecretRef | None = Field(
+        None,
+        description="Secret with the registry's credentials: token, or username and password.",
+    )
+
+
 class Output(ApiModel):
     """Where artifacts go and what is exported."""
+
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            rule(
+                "!has(self.publish) || !has(self.publish.artifact) "
+                "|| self.publish.artifact != 'merged' || (has(self.mergeLora) && self.mergeLora)",
+                "publish.artifact merged needs mergeLora: true",
+                ".publish.artifact",
+            ),
+        )
+    )
 
     uri: str | None = Field(
         None,
@@ -530,14 +584,16 @@ class Output(ApiModel):
     merge_lora: bool = Field(
         False, description="Also export the base with the LoRA adapter merged in."
     )
-
-
-class SecretRef(ApiModel):
-    """A Secret in the job's own namespace."""
-
-    name: DnsSubdomain = Field(
-        description="Secret name. Keys: accessKey, secretKey, endpoint (optional)."
+    publish: Publish | None = Field(
+        None,
+        description="Register the exported model in a model registry (MLflow) on success.",
     )
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        if self.publish is not None and self.publish.artifact == "merged" and not self.merge_lora:
+            fail("publish.artifact", "publish.artifact merged needs mergeLora: true")
+        return self
 
 
 # --------------------------------------------------------------------------- spec
