@@ -4,6 +4,7 @@ from tidetune.api.constants import (
     API_VERSION,
     GROUP,
     VERSION,
+    AnswerExtraction,
     ConditionType,
     DataFormat,
     Day,
@@ -12,6 +13,7 @@ from tidetune.api.constants import (
     Phase,
     Reason,
     RewardPreset,
+    RlLossType,
     TuningType,
 )
 from tidetune.api.finetunejob import (
@@ -35,6 +37,7 @@ __all__ = [
     "API_VERSION",
     "GROUP",
     "VERSION",
+    "AnswerExtraction",
     "Artifact",
     "CheckpointRef",
     "Condition",
@@ -57,6 +60,7 @@ __all__ = [
     "Phase",
     "Reason",
     "RewardPreset",
+    "RlLossType",
     "TimelineEntry",
     "TuningType",
     "Window",

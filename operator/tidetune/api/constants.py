@@ -144,8 +144,32 @@ class RewardPreset(StrEnum):
     EXACT_MATCH = "exact-match"
     NUMERIC_MATCH = "numeric-match"
     CONTAINS_ANSWER = "contains-answer"
+    REGEX_MATCH = "regex-match"
+    CONTAINS_ALL = "contains-all"
+    CONTAINS_ANY = "contains-any"
+    JSON_VALID = "json-valid"
     THINK_FORMAT = "think-format"
+    LENGTH_TARGET = "length-target"
     LENGTH_PENALTY = "length-penalty"
+
+
+class AnswerExtraction(StrEnum):
+    """Where a reward preset finds the answer in a text (spec.rl.rewards[].params.extract)."""
+
+    AUTO = "auto"  # \boxed{…}, else after "####", else the last number (numeric) / whole text
+    LAST_NUMBER = "last-number"
+    BOXED = "boxed"
+    AFTER_HASHES = "after-hashes"
+    LAST_LINE = "last-line"
+    NONE = "none"
+
+
+class RlLossType(StrEnum):
+    """GRPO loss variant (spec.rl.lossType)."""
+
+    GRPO = "grpo"
+    DAPO = "dapo"
+    DR_GRPO = "dr_grpo"
 
 
 class Day(StrEnum):

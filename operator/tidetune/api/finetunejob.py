@@ -15,11 +15,13 @@ from tidetune.api.cel import fail, rule, validations
 from tidetune.api.constants import (
     BUILTIN_MODELS,
     FINETUNEJOB_KIND,
+    AnswerExtraction,
     DataFormat,
     Method,
     Offload,
     Phase,
     RewardPreset,
+    RlLossType,
     TuningType,
 )
 from tidetune.api.types import (
@@ -39,6 +41,11 @@ MODEL_URI_PATTERN = (
 DATA_URI_PATTERN = r"^(s3|pvc|file)://.+$"
 KEY_PATTERN = r"^[-._a-zA-Z0-9]+$"
 GPU_TYPE_PATTERN = r"^[a-z0-9][-a-z0-9]*$"
+#: a pip requirement specifier: a name, optional extras, optional version constraints
+REQUIREMENT_PATTERN = (
+    r"^[A-Za-z0-9][A-Za-z0-9._-]*(\[[A-Za-z0-9._,-]+\])?"
+    r"(\s*(==|!=|<=|>=|~=|<|>)\s*[A-Za-z0-9.*+!_-]+(\s*,\s*(==|!=|<=|>=|~=|<|>)\s*[A-Za-z0-9.*+!_-]+)*)?$"
+)
 
 #: The data formats each method can train on.
 FORMATS_FOR_METHOD: dict[Method, tuple[DataFormat, ...]] = {
@@ -356,6 +363,9 @@ class ConfigMapKeyRef(ApiModel):
     )
 
 
+Requirement = Annotated[str, Field(min_length=1, max_length=200, pattern=REQUIREMENT_PATTERN)]
+
+
 class RewardFunction(ApiModel):
     """A user reward function: Python source from a ConfigMap."""
 
@@ -366,6 +376,80 @@ class RewardFunction(ApiModel):
             "Function to call: f(prompts, completions, **columns) -> list[float]. Default `reward`."
         ),
     )
+    requirements: list[Requirement] = Field(
+        default_factory=list,
+        max_length=32,
+        description=(
+            "Python packages the function imports, as requirement specifiers "
+            "(`sympy>=1.12`). They are never installed at run time: the reward runtime "
+            "(rl.rewardRuntime.image on a cluster, the trainer's environment locally) must "
+            "provide them, and the job fails before training when one is missing."
+        ),
+    )
+
+
+class RewardParams(ApiModel):
+    """Parameters of a reward preset; each preset reads the ones it documents."""
+
+    column: str | None = Field(
+        None,
+        min_length=1,
+        max_length=253,
+        description=(
+            "The dataset column holding the reference answer (exact-match, numeric-match, "
+            "contains-answer). Default: the completion column (responseColumn), or the "
+            "last assistant message for the messages format."
+        ),
+    )
+    extract: AnswerExtraction = Field(
+        AnswerExtraction.AUTO,
+        description=(
+            "Where the answer is in the completion (and the reference): auto (\\boxed{…}, "
+            "else after '####', else the last number for numeric-match or the whole text), "
+            "last-number, boxed, after-hashes, last-line, none (the whole text)."
+        ),
+    )
+    pattern: str | None = Field(
+        None,
+        min_length=1,
+        max_length=2000,
+        description="regex-match: a Python regular expression the completion must match (search).",
+    )
+    full_match: bool = Field(
+        False, description="regex-match: the whole completion must match, not a part of it."
+    )
+    values: list[Annotated[str, Field(min_length=1, max_length=1000)]] | None = Field(
+        None,
+        min_length=1,
+        max_length=64,
+        description="contains-all / contains-any: the strings to look for.",
+    )
+    case_sensitive: bool = Field(
+        False, description="Compare case-sensitively (exact-match, contains-*, regex-match)."
+    )
+    tolerance: float = Field(
+        1e-6, ge=0, le=1e6, description="numeric-match: the largest absolute difference accepted."
+    )
+    json_schema: str | None = Field(
+        None,
+        min_length=2,
+        max_length=65536,
+        alias="schema",
+        description="json-valid: a JSON Schema (as JSON text) the parsed completion must match.",
+    )
+    target: int | None = Field(
+        None,
+        ge=1,
+        le=1_000_000,
+        description=(
+            "length-target: the wanted length (1 at the target, falling linearly to 0 at 0 "
+            "and at twice the target); length-penalty: the free length before the penalty "
+            "starts (default 200)."
+        ),
+    )
+    unit: Literal["chars", "words"] = Field(
+        "chars", description="length-target / length-penalty: count characters or words."
+    )
 
 
 class RewardRule(ApiModel):
@@ -374,16 +458,41 @@ class RewardRule(ApiModel):
     model_config = ConfigDict(
         json_schema_extra=validations(
             rule("has(self.preset) != has(self.function)", "set exactly one of preset or function"),
+            rule(
+                "!has(self.preset) || self.preset != 'regex-match' || "
+                "(has(self.params) && has(self.params.pattern))",
+                "preset regex-match needs params.pattern",
+                ".params",
+            ),
+            rule(
+                "!has(self.preset) || !(self.preset in ['contains-all', 'contains-any']) || "
+                "(has(self.params) && has(self.params.values))",
+                "presets contains-all and contains-any need params.values",
+                ".params",
+            ),
+            rule(
+                "!has(self.preset) || self.preset != 'length-target' || "
+                "(has(self.params) && has(self.params.target))",
+                "preset length-target needs params.target",
+                ".params",
+            ),
+            rule(
+                "!has(self.function) || !has(self.params)",
+                "params apply to presets only",
+                ".params",
+            ),
         )
     )
 
     preset: RewardPreset | None = Field(
         None,
         description=(
-            "A built-in rule: exact-match, numeric-match, contains-answer, think-format, "
-            "length-penalty."
+            "A built-in rule: exact-match, numeric-match, contains-answer (against a "
+            "reference column), regex-match, contains-all, contains-any, json-valid, "
+            "think-format, length-target, length-penalty. A preset may appear more than once."
         ),
     )
+    params: RewardParams | None = Field(None, description="The preset's parameters.")
     function: RewardFunction | None = Field(None, description="A user function from a ConfigMap.")
     weight: float = Field(
         1.0, ge=-100, le=100, description="reward = Σ weight × rule; -100–100 (negative penalises)."
@@ -397,11 +506,57 @@ class RewardRule(ApiModel):
                 "set exactly one of preset or function"
                 + (", not both" if self.preset is not None else ""),
             )
+        p = self.params
+        if self.preset == RewardPreset.REGEX_MATCH and (p is None or p.pattern is None):
+            fail("params", "preset regex-match needs params.pattern")
+        if self.preset in (RewardPreset.CONTAINS_ALL, RewardPreset.CONTAINS_ANY) and (
+            p is None or p.values is None
+        ):
+            fail("params", "presets contains-all and contains-any need params.values")
+        if self.preset == RewardPreset.LENGTH_TARGET and (p is None or p.target is None):
+            fail("params", "preset length-target needs params.target")
+        if self.function is not None and p is not None:
+            fail("params", "params apply to presets only")
         return self
+
+
+class RewardRuntime(ApiModel):
+    """Where and how custom reward functions run (the sandbox)."""
+
+    image: str | None = Field(
+        None,
+        min_length=1,
+        max_length=512,
+        description=(
+            "Container image of the reward runtime on a cluster (a sidecar next to the "
+            "trainer). Build it FROM the trainer image with the functions' requirements "
+            "installed; default: the trainer image."
+        ),
+    )
+    timeout_seconds: float = Field(
+        30.0, gt=0, le=3600, description="Wall-clock limit of one call of a function (s)."
+    )
+    memory_mi_b: int = Field(
+        1024,
+        ge=64,
+        le=1_048_576,
+        alias="memoryMiB",
+        description="Address-space limit of one call of a function, in MiB.",
+    )
 
 
 class RlConfig(ApiModel):
     """GRPO / PPO settings."""
+
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            rule(
+                "!has(self.epsilonHigh) || self.epsilonHigh >= self.epsilon",
+                "epsilonHigh must be at least epsilon",
+                ".epsilonHigh",
+            ),
+        )
+    )
 
     num_generations: int = Field(
         4, ge=2, le=64, description="Completions sampled per prompt, 2–64."
@@ -412,6 +567,70 @@ class RlConfig(ApiModel):
     rewards: list[RewardRule] = Field(
         min_length=1, max_length=5, description="1–5 weighted reward rules."
     )
+    loss_type: RlLossType = Field(
+        RlLossType.GRPO,
+        description=(
+            "GRPO loss: grpo (mean per completion, then over completions; advantages "
+            "scaled by the group's std), dapo (token-level mean, asymmetric clip "
+            "epsilon/epsilonHigh, groups whose rewards all agree are left out, soft "
+            "overlong penalty), dr_grpo (sum over tokens / (completions × "
+            "maxCompletionLength), no std scaling). PPO always uses a token-level loss."
+        ),
+    )
+    beta: float = Field(
+        0.04,
+        ge=0,
+        le=10,
+        description="KL coefficient to the reference model (0 turns the reference off).",
+    )
+    epsilon: float = Field(0.2, gt=0, le=1, description="Lower clip range of the policy ratio.")
+    epsilon_high: float | None = Field(
+        None,
+        gt=0,
+        le=10,
+        description="Upper clip range; default epsilon, or 0.28 with lossType dapo.",
+    )
+    temperature: float = Field(1.0, gt=0, le=10, description="Sampling temperature.")
+    epochs_per_rollout: int | None = Field(
+        None,
+        ge=1,
+        le=16,
+        description=(
+            "Optimizer updates on each rollout (PPO epochs; GRPO's μ); default 1 for grpo, "
+            "4 for ppo."
+        ),
+    )
+    overlong_buffer: int | None = Field(
+        None,
+        ge=1,
+        le=131_072,
+        description=(
+            "dapo: the last this many tokens before maxCompletionLength are penalised "
+            "linearly (0 → -1); default a quarter of maxCompletionLength."
+        ),
+    )
+    gamma: float = Field(1.0, ge=0, le=1, description="ppo: discount factor.")
+    gae_lambda: float = Field(0.95, ge=0, le=1, alias="lambda", description="ppo: GAE lambda.")
+    value_coef: float = Field(0.1, gt=0, le=10, description="ppo: weight of the value loss.")
+    sample_every_steps: int = Field(
+        10,
+        ge=1,
+        le=1_000_000,
+        description=(
+            "Write sample completions with their scores to samples.jsonl in the run "
+            "location every this many steps."
+        ),
+    )
+    reward_runtime: RewardRuntime = Field(
+        default_factory=RewardRuntime,
+        description="Limits and image of the custom reward functions' sandbox.",
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        if self.epsilon_high is not None and self.epsilon_high < self.epsilon:
+            fail("epsilonHigh", "epsilonHigh must be at least epsilon")
+        return self
 
 
 # --------------------------------------------------------------------------- resources

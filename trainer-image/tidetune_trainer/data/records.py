@@ -24,7 +24,8 @@ Formats (``DataFormat``) and what a record looks like:
 
 Every line is checked; ``read_dataset`` raises ``DataValidationError`` listing problems as
 ``file:line: problem``. Blank lines are skipped (they hold no record); nothing else is.
-Unknown extra keys in a record are ignored.
+Keys a format does not use are kept in the record's ``extra`` (``messages`` and
+``prompt-completion``): reward rules read them (a reference answer, say).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ import json
 import math
 import re
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal, TypeAlias, get_args
 
 from tidetune.storage import S3Credentials, StorageError, open_store
@@ -74,6 +75,8 @@ class ChatRecord:
 
     origin: str
     messages: tuple[Message, ...]
+    #: the record's other keys (passed to reward rules)
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def texts(self) -> Iterator[str]:
         """The texts in the record (for training a tokenizer)."""
@@ -88,6 +91,8 @@ class PromptCompletionRecord:
     origin: str
     prompt: str
     completion: str
+    #: the record's other keys (passed to reward rules)
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def texts(self) -> Iterator[str]:
         """The texts in the record (for training a tokenizer)."""
@@ -284,7 +289,8 @@ def _parse_chat(
     if not any(m.loss_weight > 0 for m in msgs if m.role == "assistant"):
         problems.append("every assistant message has loss_weight 0: nothing to learn")
         return None
-    return ChatRecord(origin, tuple(msgs))
+    extra = {k: v for k, v in obj.items() if k != cols.messages}
+    return ChatRecord(origin, tuple(msgs), extra)
 
 
 def _parse_preference(
@@ -344,7 +350,8 @@ def _parse_prompt_completion(
     c = _string_column(obj, cols.completion, problems, allow_empty=False)
     if p is None or c is None:
         return None
-    return PromptCompletionRecord(origin, p, c)
+    extra = {k: v for k, v in obj.items() if k not in (cols.prompt, cols.completion)}
+    return PromptCompletionRecord(origin, p, c, extra)
 
 
 def _parse_text(
