@@ -115,6 +115,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     stats.set_defaults(delegate="tidetune_trainer.data.stats")
 
+    rewards = sub.add_parser("rewards", help="try a job's reward rules")
+    rewards_sub = rewards.add_subparsers(
+        dest="rewards_command", metavar="SUBCOMMAND", required=True
+    )
+    rtest = rewards_sub.add_parser(
+        "test", help="score sample rows with the job's rules, in the sandbox", add_help=False
+    )
+    rtest.set_defaults(delegate="tidetune_trainer.rl.rewards_cli")
+
     from tidetune.jobs.cli import register as register_job_commands
 
     register_job_commands(sub)
@@ -130,6 +139,8 @@ def main(argv: Sequence[str] | None = None, prog: str = "tidetune") -> int:
         return _delegate("tidetune_trainer.local_run", args_list[1:])
     if args_list[:2] == ["data", "stats"]:
         return _delegate("tidetune_trainer.data.stats", args_list[2:])
+    if args_list[:2] == ["rewards", "test"]:
+        return _delegate("tidetune_trainer.rl.rewards_cli", args_list[2:])
     args = parser.parse_args(args_list)
     code: int = args.func(args)
     return code
