@@ -48,10 +48,17 @@ def _crds(args: argparse.Namespace) -> int:
         return 1 if drifted else 0
     if args.write is not None:
         out = Path(args.write)
-        out.mkdir(parents=True, exist_ok=True)
-        for name, text in rendered.items():
-            (out / name).write_text(text, encoding="utf-8")
-            print(f"wrote {out / name}", file=sys.stderr)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            for name, text in rendered.items():
+                (out / name).write_text(text, encoding="utf-8")
+                print(f"wrote {out / name}", file=sys.stderr)
+        except OSError as e:
+            print(
+                f"tidetune crds: cannot write {e.filename or out}: {e.strerror or e}",
+                file=sys.stderr,
+            )
+            return 1
         return 0
     sys.stdout.write("---\n".join(rendered.values()))
     return 0
@@ -75,6 +82,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tidetune",
         description="Fine-tune LLMs on a Kubernetes cluster's idle GPUs.",
+        epilog="""examples:
+  tidetune run examples/quickstart.yaml --workdir runs
+  tidetune metrics quickstart --workdir runs --png loss.png
+  tidetune compare team-a/poetry-v1 team-a/poetry-v2
+
+`tidetune COMMAND --help` shows each command's options and examples. Exit codes: 0 done,
+1 the command could not do it (the line on stderr says why), 2 a wrong command line.""",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"tidetune {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -87,12 +102,24 @@ def build_parser() -> argparse.ArgumentParser:
             "as `FILE: field.path: what is wrong; what is allowed (line N)`. Exit 0 when all "
             "are valid, 1 when any is not."
         ),
+        epilog="""examples:
+  tidetune validate examples/*.yaml
+  tidetune validate -q job.yaml && kubectl apply -f job.yaml""",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     validate.add_argument("files", nargs="+", metavar="FILE")
     validate.add_argument("-q", "--quiet", action="store_true", help="print only problems")
     validate.set_defaults(func=_validate)
 
-    crds = sub.add_parser("crds", help="print the generated CustomResourceDefinitions")
+    crds = sub.add_parser(
+        "crds",
+        help="print the generated CustomResourceDefinitions",
+        description="The CRDs generated from the API models.",
+        epilog="""examples:
+  tidetune crds | kubectl apply -f -
+  tidetune crds --write crds && tidetune crds --check helm/tidetune/crds""",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     group = crds.add_mutually_exclusive_group()
     group.add_argument("--write", metavar="DIR", help="write one file per CRD into DIR")
     group.add_argument(
@@ -108,7 +135,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.set_defaults(delegate="tidetune_trainer.local_run")
 
-    data = sub.add_parser("data", help="inspect datasets")
+    data = sub.add_parser(
+        "data",
+        help="inspect datasets",
+        epilog="""examples:
+  tidetune data stats examples/data/arithmetic-sft.jsonl --format messages""",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     data_sub = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND", required=True)
     stats = data_sub.add_parser(
         "stats", help="samples, tokens, lengths and packing efficiency", add_help=False

@@ -243,9 +243,11 @@ def explain(error: dict[str, Any], model: type[BaseModel]) -> tuple[str, str]:
         hint = difflib.get_close_matches(str(loc[-1]), known, n=1)
         msg = "unknown field"
         if hint:
-            msg += f"; did you mean {hint[0]}?"
+            msg += f"; did you mean {hint[0]}? Allowed here"
+        elif known:
+            msg += "; allowed here"
         if known:
-            msg += f" Allowed here: {', '.join(known)}"
+            msg += f": {', '.join(known)}"
         return path, msg
     if kind in ("enum", "literal_error"):
         expected = str(ctx.get("expected", "")).replace("'", "")

@@ -127,7 +127,7 @@ def test_unknown_metric_job_and_usage_are_one_line_errors(wd: Path) -> None:
     )
     out = tt("metrics", "demo/alpha", "--workdir", str(wd), "--smooth", "1.5")
     assert (out.returncode, out.stderr.strip()) == (
-        1,
+        2,
         "tidetune metrics: --smooth: got 1.5; allowed: 0 (none) to 0.99",
     )
     assert tt("metrics", "Bad_Name", "--workdir", str(wd)).returncode == 2

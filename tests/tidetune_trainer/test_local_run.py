@@ -138,3 +138,17 @@ def test_invalid_manifest_exits_1_with_the_field(tmp_path: Path, chat_data: Path
     )
     assert proc.returncode == 1
     assert "learningRate" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_run_and_data_stats_help_end_with_examples() -> None:
+    for argv, prefix in ((["run"], "tidetune run "), (["data", "stats"], "tidetune data stats ")):
+        out = subprocess.run(
+            [sys.executable, "-m", "tidetune", *argv, "--help"],
+            env=trainer_env(),
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert out.returncode == 0, out.stderr
+        examples = out.stdout.split("examples:\n", 1)[1].splitlines()
+        assert examples and all(x.strip().startswith(prefix) for x in examples if x.strip())

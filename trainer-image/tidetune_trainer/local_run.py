@@ -72,7 +72,12 @@ class Timeline:
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        prog="tidetune run", description="Run a FineTuneJob on this machine, no cluster."
+        prog="tidetune run",
+        description="Run a FineTuneJob on this machine, no cluster.",
+        epilog="""examples:
+  tidetune run examples/quickstart.yaml                  # store, runs and logs in ./runs
+  tidetune run job.yaml --workdir /tmp/wd --nproc 2 --json > final.json""",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("file", help="the FineTuneJob manifest (YAML)")
     p.add_argument(

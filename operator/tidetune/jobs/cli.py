@@ -63,6 +63,16 @@ def _where_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--context", metavar="NAME", help="kubeconfig context")
 
 
+def _check_smoothing(args: argparse.Namespace) -> float:
+    """``--smooth`` out of range is a wrong command line (exit 2)."""
+    from tidetune.jobs.series import SeriesError, check_weight
+
+    try:
+        return check_weight(args.smooth)
+    except SeriesError as e:
+        raise UsageError(str(e)) from None
+
+
 def _smooth_arg(p: argparse.ArgumentParser, default: float = 0.6) -> None:
     p.add_argument(
         "--smooth",
@@ -79,7 +89,7 @@ def _smooth_arg(p: argparse.ArgumentParser, default: float = 0.6) -> None:
 def cmd_metrics(args: argparse.Namespace) -> int:
     from tidetune.jobs import series as S
 
-    S.check_weight(args.smooth)
+    _check_smoothing(args)
     job = _where(args).find(args.job)
     lines = S.parse_lines(job.metrics_text())
     chosen = S.series(lines, args.metric)
@@ -178,6 +188,8 @@ def compare_table(jobs: Sequence[JobView]) -> str:
         names.extend(n for n in s.finals if n not in names)
     for name in names:
         rows.append((f"{name} final", [fmt_num(s.finals.get(name)) for s in sums]))
+        if not any(name in s.bests for s in sums):
+            continue  # tokens, learning rate, throughput: no "best"
         rows.append(
             (
                 f"{name} best",
@@ -213,6 +225,8 @@ def compare_table(jobs: Sequence[JobView]) -> str:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
+    if args.png:
+        _check_smoothing(args)
     where = _where(args)
     jobs: list[JobView] = [where.find(name) for name in args.jobs]
     if args.selector:
@@ -225,7 +239,6 @@ def cmd_compare(args: argparse.Namespace) -> int:
         from tidetune.jobs import series as S
         from tidetune.jobs.plot import plot
 
-        S.check_weight(args.smooth)
         groups = []
         for job in jobs:
             try:
@@ -308,9 +321,8 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from tidetune.jobs.report import render
-    from tidetune.jobs.series import check_weight
 
-    check_weight(args.smooth)
+    _check_smoothing(args)
     job = _where(args).find(args.job)
     _write(Path(args.output), render(job, args.smooth))
     print(f"wrote {args.output}", file=sys.stderr)

@@ -35,6 +35,14 @@ flex-wrap:wrap;gap:16px}.chart{border:1px solid #dde;border-radius:8px;padding:8
 """
 
 
+def tick(v: float) -> str:
+    """An axis label short enough for the chart's margin: ``0.0024``, ``1.058``, ``36.0k``."""
+    for bound, unit, suffix in ((1e9, 1e9, "G"), (1e6, 1e6, "M"), (1e4, 1e3, "k")):
+        if abs(v) >= bound:
+            return f"{v / unit:.3g}{suffix}"
+    return f"{v:.4g}"
+
+
 def svg_chart(ser: Series, weight: float, width: int = 520, height: int = 220) -> str:
     """One series as an SVG line chart: raw points faint, smoothed line bold."""
     pts = [(s, v) for s, v in zip(ser.steps, ser.values, strict=True) if math.isfinite(v)]
@@ -67,7 +75,7 @@ def svg_chart(ser: Series, weight: float, width: int = 520, height: int = 220) -
         grid.append(
             f'<line x1="{left}" x2="{width - right}" y1="{y:.1f}" y2="{y:.1f}" stroke="#eee"/>'
             f'<text x="{left - 6}" y="{y + 4:.1f}" font-size="10" text-anchor="end" '
-            f'fill="#667">{v:.4g}</text>'
+            f'fill="#667">{tick(v)}</text>'
         )
     dots = ""
     if len(pts) == 1:

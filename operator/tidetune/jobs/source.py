@@ -17,7 +17,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from tidetune import layout
 from tidetune.api.constants import FINETUNEJOB_PLURAL, GROUP, VERSION, Phase
@@ -105,6 +105,9 @@ class JobView(abc.ABC):
     credentials: S3Credentials | None = None
     #: how storage is read (``the job's Secret team-a/s3-creds`` / ``your credentials``)
     access_note: str = ""
+    #: set when there is nothing to read storage with (no access to the job's Secret and
+    #: no keys of the user's own): what is missing
+    access_problem: str = ""
     _stores: dict[str, tuple[ObjectStore, str]] = field(default_factory=dict, repr=False)
 
     # -- identity
@@ -180,7 +183,7 @@ class JobView(abc.ABC):
                 return None
             return store.read_text(full)
         except StorageError as e:
-            raise JobError(f"{self.ref}: {e}{self._access_hint()}") from None
+            raise self._storage_error(e) from None
 
     def list_run(self, prefix: str) -> list[str]:
         """Keys under ``<run>/<prefix>``, relative to the run location."""
@@ -191,10 +194,19 @@ class JobView(abc.ABC):
         try:
             return [k[len(key) :].lstrip("/") for k in store.list(base)]
         except StorageError as e:
-            raise JobError(f"{self.ref}: {e}{self._access_hint()}") from None
+            raise self._storage_error(e) from None
 
-    def _access_hint(self) -> str:
-        return f" (read with {self.access_note})" if self.access_note else ""
+    def _storage_error(self, e: StorageError) -> JobError:
+        if self.access_problem:
+            # the user may read neither the job's Secret nor has keys of their own: say
+            # that, not the store's "access denied" that follows from it
+            return JobError(
+                f"{self.ref}: cannot read its files at {e.uri or self.root_uri}: "
+                f"{self.access_problem}; ask for `get` on that Secret, or set "
+                "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY to keys that may read it"
+            )
+        hint = f" (read with {self.access_note})" if self.access_note else ""
+        return JobError(f"{self.ref}: {e}{hint}")
 
     # -- what the trainer wrote
     def metrics_text(self) -> str:
@@ -491,8 +503,15 @@ def _reason(e: BaseException) -> str:
         return str(getattr(e, "reason", ""))
 
 
+NO_CREDENTIALS: Final = "no credentials: "
+
+
 def storage_credentials(api: KubeApi, body: dict[str, Any]) -> tuple[S3Credentials, str]:
-    """The job's Secret when the user may read it, else the user's own credentials."""
+    """The job's Secret when the user may read it, else the user's own credentials.
+
+    Returns the credentials and how they were found; the note starts with ``no
+    credentials:`` when there are none (no access to the Secret, no keys of one's own).
+    """
     namespace = body["metadata"].get("namespace") or "default"
     ref = (body.get("spec") or {}).get("storageSecretRef")
     own = S3Credentials.from_env()
@@ -508,7 +527,7 @@ def storage_credentials(api: KubeApi, body: dict[str, Any]) -> tuple[S3Credentia
             return own, f"your credentials (no access to Secret {namespace}/{name}: {why})"
         return (
             S3Credentials(endpoint=own.endpoint),
-            f"no credentials: no access to Secret {namespace}/{name} ({why}) and no "
+            f"{NO_CREDENTIALS}no access to Secret {namespace}/{name} ({why}) and no "
             "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY of your own",
         )
     data = {k: base64.b64decode(v).decode() for k, v in (secret.data or {}).items()}
@@ -537,6 +556,8 @@ def _cluster_job(api: KubeApi, body: dict[str, Any]) -> ClusterJob:
     out = job.root_uri
     if out and scheme_of(out) == "s3":
         job.credentials, job.access_note = storage_credentials(api, body)
+        if job.access_note.startswith(NO_CREDENTIALS):
+            job.access_problem = job.access_note.removeprefix(NO_CREDENTIALS)
     return job
 
 

@@ -14,8 +14,11 @@ from tidetune.jobs.source import JobError, JobView
 
 #: where ``tidetune eval --job`` keeps its reports, under the run location
 EVAL_DIR = "eval"
-#: metrics where higher is better (rewards); everything else: lower is better
+#: metrics where higher is better (rewards)
 HIGHER_IS_BETTER_PREFIXES = ("reward", "rewards/", "accuracy", "score")
+#: metrics where lower is better (losses); others (tokens, learning rate, throughput,
+#: gradient norm, elapsed time) have no "best"
+LOWER_IS_BETTER_WORDS = ("loss", "Loss", "perplexity")
 
 
 def parse_time(text: Any) -> datetime | None:
@@ -86,8 +89,13 @@ class Summary:
     series: list[Series] = field(default_factory=list)
 
 
-def lower_is_better(name: str) -> bool:
-    return not name.startswith(HIGHER_IS_BETTER_PREFIXES)
+def lower_is_better(name: str) -> bool | None:
+    """True for losses, False for rewards and scores, None for a metric with no best."""
+    if name.startswith(HIGHER_IS_BETTER_PREFIXES):
+        return False
+    if any(word in name for word in LOWER_IS_BETTER_WORDS):
+        return True
+    return None
 
 
 def summarize(job: JobView, with_series: bool = True) -> Summary:
@@ -119,7 +127,8 @@ def summarize(job: JobView, with_series: bool = True) -> Summary:
             finite = [v for v in ser.values if math.isfinite(v)]
             if finite:
                 out.finals[ser.name] = finite[-1]
-            best = ser.best(lower_is_better(ser.name))
+            direction = lower_is_better(ser.name)
+            best = ser.best(direction) if direction is not None else None
             if best is not None:
                 out.bests[ser.name] = best
     out.evals = eval_reports(job)

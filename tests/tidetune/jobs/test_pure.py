@@ -145,3 +145,26 @@ def test_local_phase_from_the_timeline() -> None:
     assert local_phase(tl("Started"), running=False) == "Suspended"  # killed: rerun resumes
     assert local_phase(tl("Started", "Succeeded"), running=False) == "Succeeded"
     assert local_phase(tl("Started", "Suspended", "Cancelled"), running=False) == "Cancelled"
+
+
+def test_chart_axis_labels_fit_the_margin() -> None:
+    from tidetune.jobs.report import tick
+
+    assert [tick(v) for v in (0.0024, 1.058, 9999.0, 36020.0, -12000.0, 2.5e6, 3e9)] == [
+        "0.0024",
+        "1.058",
+        "9999",
+        "36k",
+        "-12k",
+        "2.5M",
+        "3G",
+    ]
+
+
+def test_only_losses_and_rewards_have_a_best() -> None:
+    from tidetune.jobs.summary import lower_is_better
+
+    assert lower_is_better("loss") is True and lower_is_better("evalLoss") is True
+    assert lower_is_better("reward") is False and lower_is_better("rewards/exact-match") is False
+    for counter in ("tokens", "elapsed", "learningRate", "tokensPerSecond", "gradNorm"):
+        assert lower_is_better(counter) is None

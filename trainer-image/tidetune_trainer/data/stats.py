@@ -36,6 +36,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="tidetune data stats",
         description="Validate a dataset and show its token and packing statistics.",
+        epilog="""examples:
+  tidetune data stats examples/data/arithmetic-sft.jsonl --format messages
+  tidetune data stats s3://datasets/poems.jsonl --format messages --max-seq-length 512 --json""",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("file", metavar="FILE", help="dataset URI: a path, file://, pvc:// or s3://")
     p.add_argument("--format", required=True, choices=FORMATS, help="record format")
