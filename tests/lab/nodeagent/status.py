@@ -1,0 +1,204 @@
+"""Pod status as the kubelet computes it, from the agent's record of each container (pure).
+
+The phase follows the kubelet's ``getPhase``; the conditions are the kubelet's own
+(``PodReadyToStartContainers``, ``Initialized``, ``ContainersReady``, ``Ready``) with their
+reasons and messages; container statuses carry ``state``/``lastState``, ``restartCount``,
+``ready`` and ``started``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+__all__ = [
+    "ContainerRecord",
+    "build_conditions",
+    "now_iso",
+    "pod_phase",
+    "termination_reason",
+]
+
+JSON = dict[str, Any]
+
+
+def now_iso() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def termination_reason(exit_code: int, oom_killed: bool, start_error: bool) -> str:
+    if start_error:
+        return "StartError"
+    if oom_killed:
+        return "OOMKilled"
+    return "Completed" if exit_code == 0 else "Error"
+
+
+@dataclasses.dataclass
+class ContainerRecord:
+    """What the agent knows of one container (one entry of (init)containerStatuses)."""
+
+    name: str
+    image: str
+    init: bool = False
+    #: an init container with restartPolicy Always (a sidecar)
+    sidecar: bool = False
+    restart_count: int = 0
+    container_id: str = ""
+    #: "waiting" | "running" | "terminated"
+    state: str = "waiting"
+    waiting_reason: str = "ContainerCreating"
+    waiting_message: str = ""
+    started_at: str = ""
+    terminated: JSON | None = None
+    last_terminated: JSON | None = None
+    ready: bool = False
+    started: bool = False
+
+    def to_status(self) -> JSON:
+        image_id = f"lab://{self.image}"
+        status: JSON = {
+            "name": self.name,
+            "image": self.image,
+            "imageID": image_id if self.container_id else "",
+            "restartCount": self.restart_count,
+            "ready": self.ready,
+            "started": self.started,
+            "lastState": {"terminated": self.last_terminated} if self.last_terminated else {},
+        }
+        if self.container_id:
+            status["containerID"] = self.container_id
+        if self.state == "running":
+            status["state"] = {"running": {"startedAt": self.started_at}}
+        elif self.state == "terminated" and self.terminated is not None:
+            status["state"] = {"terminated": self.terminated}
+        else:
+            waiting: JSON = {"reason": self.waiting_reason}
+            if self.waiting_message:
+                waiting["message"] = self.waiting_message
+            status["state"] = {"waiting": waiting}
+        return status
+
+    def succeeded(self) -> bool:
+        return self.state == "terminated" and (self.terminated or {}).get("exitCode") == 0
+
+    def failed(self) -> bool:
+        return self.state == "terminated" and (self.terminated or {}).get("exitCode") != 0
+
+
+def pod_phase(
+    init: Sequence[ContainerRecord],
+    main: Sequence[ContainerRecord],
+    restart_policy: str,
+    *,
+    terminal: bool = False,
+) -> str:
+    """The kubelet's ``getPhase``; ``terminal`` once the pod is being torn down for good
+    (then a phase that is not Succeeded/Failed becomes Failed, as the kubelet does)."""
+    pending_init = failed_init = pending_sidecars = 0
+    for record in init:
+        if record.sidecar:
+            pending_sidecars += record.state != "running"
+            continue
+        if record.state == "terminated":
+            failed_init += not record.succeeded()
+        elif record.state == "waiting" and record.last_terminated is not None:
+            failed_init += record.last_terminated.get("exitCode") != 0
+        else:
+            pending_init += 1
+    waiting = running = stopped = succeeded = 0
+    for record in main:
+        if record.state == "running":
+            running += 1
+        elif record.state == "terminated":
+            stopped += 1
+            succeeded += record.succeeded()
+        elif record.last_terminated is not None:
+            stopped += 1
+        else:
+            waiting += 1
+    phase = "Pending"
+    if failed_init and restart_policy == "Never":
+        phase = "Failed"
+    elif pending_init or waiting:
+        phase = "Pending"
+    elif running:
+        phase = "Running"
+    elif stopped:
+        if terminal:
+            phase = "Succeeded" if stopped == succeeded else "Failed"
+        elif restart_policy == "Always":
+            phase = "Running"
+        elif stopped == succeeded:
+            phase = "Succeeded"
+        elif restart_policy == "Never":
+            phase = "Failed"
+        else:
+            phase = "Running"
+    if terminal and phase not in {"Succeeded", "Failed"}:
+        phase = "Failed"
+    return phase
+
+
+def _condition(
+    kind: str, ok: bool, previous: Mapping[str, JSON], reason: str = "", message: str = ""
+) -> JSON:
+    status = "True" if ok else "False"
+    old = previous.get(kind)
+    transition = old["lastTransitionTime"] if old and old.get("status") == status else now_iso()
+    condition: JSON = {
+        "type": kind,
+        "status": status,
+        "lastProbeTime": None,
+        "lastTransitionTime": transition,
+    }
+    if reason:
+        condition["reason"] = reason
+    if message:
+        condition["message"] = message
+    return condition
+
+
+def build_conditions(
+    *,
+    sandbox_ready: bool,
+    init: Sequence[ContainerRecord],
+    main: Sequence[ContainerRecord],
+    phase: str,
+    previous: Sequence[JSON],
+) -> list[JSON]:
+    """The four conditions the kubelet owns, keeping each transition time while unchanged."""
+    prev = {c.get("type", ""): c for c in previous}
+    completed = phase in {"Succeeded", "Failed"}
+    pending_init = [c.name for c in init if not c.sidecar and not c.succeeded()]
+    pending_init += [c.name for c in init if c.sidecar and not c.ready]
+    initialized = not pending_init or (completed and not any(c.failed() for c in init))
+    if initialized:
+        init_condition = _condition("Initialized", True, prev)
+    else:
+        init_condition = _condition(
+            "Initialized",
+            False,
+            prev,
+            "ContainersNotInitialized",
+            f"containers with incomplete status: [{' '.join(pending_init)}]",
+        )
+    unready = [c.name for c in main if not c.ready]
+    if completed:
+        ready_args: tuple[bool, str, str] = (False, "PodCompleted", "")
+    elif unready:
+        ready_args = (
+            False,
+            "ContainersNotReady",
+            f"containers with unready status: [{' '.join(unready)}]",
+        )
+    else:
+        ready_args = (True, "", "")
+    return [
+        _condition("PodReadyToStartContainers", sandbox_ready and not completed, prev),
+        init_condition,
+        _condition("ContainersReady", ready_args[0], prev, ready_args[1], ready_args[2]),
+        _condition("Ready", ready_args[0], prev, ready_args[1], ready_args[2]),
+    ]

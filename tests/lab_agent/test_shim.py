@@ -1,0 +1,86 @@
+"""The shim really enters namespaces, binds mounts, drops to the user and execs (needs root)."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from tests.lab.nodeagent.pods import SHIM
+from tests.lab.nodeagent.volumes import atomic_write
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="namespaces and setuid need root")
+
+
+def run_shim(tmp_path: pathlib.Path, **spec: object) -> subprocess.CompletedProcess[str]:
+    path = tmp_path / "spec.json"
+    path.write_text(json.dumps({"mode": "run", "errorFile": str(tmp_path / "error"), **spec}))
+    return subprocess.run(
+        [sys.executable, "-I", "-S", SHIM, str(path)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
+def test_mounts_identity_and_hostname(tmp_path: pathlib.Path) -> None:
+    volume = tmp_path / "vol"
+    atomic_write(volume, {"greeting": (b"hello", 0o600), "sub/x": (b"x", 0o644)}, gid=2000)
+    hosts = tmp_path / "hosts"
+    hosts.write_text("10.1.2.3\tpod-a\n")
+    # created by the shim as a mount point (its parents must be reachable for uid 1000)
+    target = pathlib.Path(f"/tmp/nodeagent-shim-test-{tmp_path.name}/config")
+    result = run_shim(
+        tmp_path,
+        argv=[
+            "sh",
+            "-c",
+            f"id -u; id -g; id -G; hostname; cat {target}/greeting; "
+            f"cat /etc/hosts; touch {target}/new 2>&1 || echo read-only; pwd",
+        ],
+        env={"PATH": "/usr/bin:/bin"},
+        uid=1000,
+        gid=3000,
+        groups=[2000],
+        hostname="pod-a",
+        mounts=[
+            {"source": str(volume), "target": str(target), "readOnly": True},
+            {"source": str(hosts), "target": "/etc/hosts"},
+        ],
+        workingDir="/tmp/nodeagent-shim-test",
+    )
+    lines = result.stdout.splitlines()
+    assert result.returncode == 0, result
+    assert "denied" not in result.stderr, result.stderr
+    assert lines[:4] == ["1000", "3000", "3000 2000", "pod-a"]
+    assert lines[4] == "hello10.1.2.3\tpod-a"  # 0600 file readable through fsGroup (0640)
+    assert lines[-2] == "read-only"
+    assert lines[-1] == "/tmp/nodeagent-shim-test"  # created by the shim
+    assert (volume / "greeting").is_symlink() and os.readlink(volume / "..data").startswith("..")
+    assert "10.1.2.3" not in pathlib.Path("/etc/hosts").read_text()  # the host's is untouched
+
+
+def test_missing_executable_is_a_start_error(tmp_path: pathlib.Path) -> None:
+    result = run_shim(
+        tmp_path, argv=["no-such-binary"], env={"PATH": "/usr/bin"}, uid=1000, gid=1000
+    )
+    assert result.returncode == 128
+    assert (
+        'exec: "no-such-binary": executable file not found in $PATH'
+        in (tmp_path / "error").read_text()
+    )
+
+
+def test_atomic_write_replaces_content_and_stale_keys(tmp_path: pathlib.Path) -> None:
+    atomic_write(tmp_path, {"a": (b"1", 0o644), "b": (b"2", 0o644)})
+    first = os.readlink(tmp_path / "..data")
+    atomic_write(tmp_path, {"a": (b"3", 0o400)})
+    assert (tmp_path / "a").read_bytes() == b"3"
+    assert not (tmp_path / "b").exists()
+    assert not (tmp_path / first).exists()
+    assert ((tmp_path / "a").stat().st_mode & 0o777) == 0o400

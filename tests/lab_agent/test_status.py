@@ -1,0 +1,82 @@
+"""Pod phase and conditions as the kubelet computes them (pure)."""
+
+from __future__ import annotations
+
+from tests.lab.nodeagent.status import ContainerRecord, build_conditions, pod_phase
+
+
+def running(name: str, ready: bool = True) -> ContainerRecord:
+    return ContainerRecord(name, "img", state="running", started_at="t", ready=ready, started=True)
+
+
+def ended(name: str, code: int, init: bool = False) -> ContainerRecord:
+    return ContainerRecord(
+        name,
+        "img",
+        init=init,
+        state="terminated",
+        terminated={"exitCode": code, "reason": "Completed" if code == 0 else "Error"},
+    )
+
+
+def test_phases() -> None:
+    waiting = ContainerRecord("c", "img")
+    assert pod_phase([], [waiting], "Always") == "Pending"
+    assert pod_phase([], [running("c")], "Never") == "Running"
+    assert pod_phase([], [ended("a", 0), ended("b", 0)], "Never") == "Succeeded"
+    assert pod_phase([], [ended("a", 0), ended("b", 1)], "Never") == "Failed"
+    assert pod_phase([], [ended("a", 1)], "OnFailure") == "Running"
+    assert pod_phase([], [ended("a", 0)], "Always") == "Running"
+    assert pod_phase([ended("i", 1, init=True)], [waiting], "Never") == "Failed"
+    assert pod_phase([ended("i", 1, init=True)], [waiting], "OnFailure") == "Pending"
+    assert pod_phase([running("i")], [waiting], "Always") == "Pending"
+    crashlooping = ContainerRecord(
+        "c", "img", waiting_reason="CrashLoopBackOff", last_terminated={"exitCode": 1}
+    )
+    assert pod_phase([], [crashlooping], "Always") == "Running"
+    # a deleted pod whose containers were stopped
+    assert pod_phase([], [ended("a", 143)], "Always", terminal=True) == "Failed"
+    assert pod_phase([], [ended("a", 0)], "Always", terminal=True) == "Succeeded"
+    assert pod_phase([], [waiting], "Always", terminal=True) == "Failed"
+
+
+def test_conditions_reasons_and_stable_transition_times() -> None:
+    init = [running("setup")]
+    main = [ContainerRecord("c", "img", waiting_reason="PodInitializing")]
+    first = build_conditions(sandbox_ready=True, init=init, main=main, phase="Pending", previous=[])
+    by_type = {c["type"]: c for c in first}
+    assert by_type["PodReadyToStartContainers"]["status"] == "True"
+    assert by_type["Initialized"]["reason"] == "ContainersNotInitialized"
+    assert by_type["Initialized"]["message"] == "containers with incomplete status: [setup]"
+    assert by_type["Ready"]["message"] == "containers with unready status: [c]"
+    done = [ended("setup", 0, init=True)]
+    second = build_conditions(
+        sandbox_ready=True, init=done, main=[running("c")], phase="Running", previous=first
+    )
+    by_type2 = {c["type"]: c for c in second}
+    assert by_type2["Ready"]["status"] == "True"
+    assert (
+        by_type2["PodReadyToStartContainers"]["lastTransitionTime"]
+        == by_type["PodReadyToStartContainers"]["lastTransitionTime"]
+    )
+    final = build_conditions(
+        sandbox_ready=False, init=done, main=[ended("c", 0)], phase="Succeeded", previous=second
+    )
+    assert {c["type"]: c.get("reason") for c in final}["Ready"] == "PodCompleted"
+
+
+def test_container_status_shapes() -> None:
+    record = ContainerRecord(
+        "c",
+        "alpine:3",
+        restart_count=2,
+        container_id="lab://x",
+        last_terminated={"exitCode": 1, "reason": "Error"},
+        waiting_reason="CrashLoopBackOff",
+        waiting_message="back-off 20s",
+    )
+    status = record.to_status()
+    assert status["state"] == {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 20s"}}
+    assert status["lastState"] == {"terminated": {"exitCode": 1, "reason": "Error"}}
+    assert status["restartCount"] == 2
+    assert status["imageID"] == "lab://alpine:3"
