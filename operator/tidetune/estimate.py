@@ -28,15 +28,22 @@ from pathlib import Path
 from typing import Any, Final
 
 __all__ = [
+    "DEFAULT_GPU_TYPE",
     "DEFAULT_TABLES",
     "Estimate",
     "EstimateError",
     "EstimateTables",
     "estimate",
+    "estimate_for_spec",
     "flops_per_token",
+    "gpu_type_for",
     "load_tables",
     "params_from_config",
 ]
+
+#: The device type a GPU job is priced on when neither it nor its pool names one
+#: (the operator's ``defaultGpuType`` overrides it).
+DEFAULT_GPU_TYPE: Final = "a100"
 
 #: Effective training TFLOP/s per device (bf16 dense peak × a typical utilisation).
 DEFAULT_THROUGHPUT: Final[Mapping[str, float]] = {
@@ -296,3 +303,42 @@ def params_from_config(config: Mapping[str, Any]) -> int:
     embed = vocab * hidden
     head = 0 if config.get("tie_word_embeddings") else vocab * hidden
     return int(layers * per_layer + embed + head + hidden)
+
+
+# --------------------------------------------------------------------------- for a job
+
+
+def gpu_type_for(spec: Any, pool_gpu_type: str | None, default: str) -> str:
+    """The device type a job is priced on: ``cpu`` without GPUs, else the job's
+    ``resources.gpuType``, its pool's ``gpuType``, or ``default`` (the operator's
+    ``defaultGpuType``)."""
+    resources = spec.resources
+    if resources.gpus_per_node == 0:
+        return "cpu"
+    return str(resources.gpu_type or pool_gpu_type or default).lower()
+
+
+def estimate_for_spec(
+    spec: Any,
+    train_tokens: int,
+    model_params: int,
+    gpu_type: str,
+    tables: EstimateTables,
+    *,
+    devices: int | None = None,
+) -> Estimate:
+    """:func:`estimate` with the job's method, tuning and layout (``devices`` defaults to
+    nodes × GPUs per node; a CPU job counts its processes). Raises :class:`EstimateError`."""
+    resources = spec.resources
+    count = devices if devices else resources.nodes * max(resources.gpus_per_node, 1)
+    return estimate(
+        train_tokens,
+        model_params,
+        gpu_type,
+        devices=count,
+        nodes=resources.nodes,
+        method=str(getattr(spec.method, "value", spec.method)),
+        tuning=str(getattr(spec.tuning.type, "value", spec.tuning.type)),
+        load_in_4bit=bool(spec.tuning.load_in_4bit),
+        tables=tables,
+    )

@@ -1,6 +1,7 @@
 """Where a job's files live in object storage, and the names the trainer writes there.
 
-One definition for both sides: the trainer writes these names, the operator reads them.
+One definition for both sides: the trainer writes these names, the operator reads them;
+what the documents hold is :mod:`tidetune.contract`.
 
 ``<output base>/<namespace>/<name>/<uid>/`` is the job's root: exported artifacts and
 ``manifest.json`` at the top, the run location (checkpoints, ``progress.json``,
@@ -17,6 +18,8 @@ PROGRESS_FILE: Final = "progress.json"
 METRICS_FILE: Final = "metrics.jsonl"
 ESTIMATE_FILE: Final = "estimate.json"
 MANIFEST_FILE: Final = "manifest.json"
+#: the data pipeline's report (samples, tokens, packing), under the run location
+DATA_REPORT_FILE: Final = "data-report.json"
 SPEC_FILE: Final = "job.yaml"
 SPEC_MOUNT: Final = "/etc/tidetune"
 
@@ -36,6 +39,10 @@ def run_uri(root: str) -> str:
 LOGS_DIR: Final = "logs"
 #: the attempt number the trainer files its log under (the operator sets it in each pod)
 ATTEMPT_ENV: Final = "TIDETUNE_ATTEMPT"
+#: where the trainer writes its last words (the pod's terminationMessagePath); the
+#: variable overrides it (``tidetune run`` points it into the run folder)
+TERMINATION_LOG_ENV: Final = "TIDETUNE_TERMINATION_LOG"
+TERMINATION_LOG_PATH: Final = "/dev/termination-log"
 
 
 def rank_log_key(attempt: int, rank: int) -> str:
@@ -70,6 +77,7 @@ LOCAL_JOB_FILE: Final = "job.json"
 LOCAL_TIMELINE_FILE: Final = "timeline.json"
 LOCAL_PROCESS_FILE: Final = "local.json"
 LOCAL_CANCEL_FILE: Final = "cancel.json"
+LOCAL_TERMINATION_LOG: Final = "termination-log"
 
 
 def local_uid(namespace: str, name: str) -> str:

@@ -13,6 +13,7 @@ from typing import Any
 
 import yaml
 
+from tidetune import layout
 from tidetune.api import FineTuneJob
 from tidetune.api.constants import ATTEMPT_LABEL as ATTEMPT_LABEL
 from tidetune.api.constants import JOB_LABEL, KUEUE_QUEUE_LABEL
@@ -232,7 +233,7 @@ def pod_template(
         {"name": "TIDETUNE_JOB_NAMESPACE", "value": job.metadata.namespace or "default"},
         {"name": "TIDETUNE_JOB_UID", "value": job.metadata.uid or ""},
         {"name": "TIDETUNE_ATTEMPT", "value": str(attempt)},
-        {"name": "TIDETUNE_TERMINATION_LOG", "value": "/dev/termination-log"},
+        {"name": layout.TERMINATION_LOG_ENV, "value": layout.TERMINATION_LOG_PATH},
         {"name": "HOME", "value": "/tmp"},
         *_secret_env(job),
         *_registry_env(job),
@@ -254,7 +255,7 @@ def pod_template(
             {"name": "scratch", "mountPath": "/tmp"},
             {"name": "dshm", "mountPath": "/dev/shm"},
         ],
-        "terminationMessagePath": "/dev/termination-log",
+        "terminationMessagePath": layout.TERMINATION_LOG_PATH,
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "securityContext": {**RESTRICTED_CONTAINER_SECURITY, "readOnlyRootFilesystem": True},
     }

@@ -15,7 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tidetune.api.types import Quantity
-from tidetune.estimate import DEFAULT_TABLES, EstimateTables
+from tidetune.estimate import DEFAULT_GPU_TYPE, DEFAULT_TABLES, EstimateTables
 
 CONFIG_ENV = "TIDETUNE_CONFIG"
 
@@ -56,7 +56,7 @@ class OperatorConfig(BaseModel):
         alias="defaultOutputUri",
         description="Where artifacts go when a job sets no spec.output.uri.",
     )
-    default_gpu_type: str = Field("a100", alias="defaultGpuType")
+    default_gpu_type: str = Field(DEFAULT_GPU_TYPE, alias="defaultGpuType")
     default_resources: DefaultResources = Field(
         default_factory=DefaultResources, alias="defaultResources"
     )

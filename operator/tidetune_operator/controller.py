@@ -30,6 +30,7 @@ from tidetune.api import FineTuneJob, Phase, Reason
 from tidetune.api.constants import JOB_LABEL, ConditionType
 from tidetune.api.idlepool import IdlePool
 from tidetune.clock import Clock, SystemClock
+from tidetune.contract import RunState
 from tidetune.storage import S3Credentials, StorageError
 from tidetune_operator import admission, metrics, observe
 from tidetune_operator.builders import ATTEMPT_LABEL, build_event, job_root_uri
@@ -49,7 +50,6 @@ from tidetune_operator.reconcile import (
     ActionKind,
     ArtifactCheck,
     Decision,
-    RunState,
     World,
     decide,
 )

@@ -7,13 +7,13 @@ training data. Storage calls are blocking (minio), so callers run them in a thre
 
 from __future__ import annotations
 
-import hashlib
 import json
 from typing import Any
 
+from tidetune.contract import RunState, artifact_digest
 from tidetune.layout import ESTIMATE_FILE, MANIFEST_FILE, PROGRESS_FILE, run_uri
 from tidetune.storage import ObjectStore, S3Credentials, StorageError, open_store
-from tidetune_operator.reconcile import ArtifactCheck, RunState
+from tidetune_operator.reconcile import ArtifactCheck
 
 
 def credentials_from_secret(data: dict[str, str] | None) -> S3Credentials | None:
@@ -55,7 +55,8 @@ def read_run_state(root: str, credentials: S3Credentials | None) -> RunState | N
 
 def verify_artifacts(root: str, credentials: S3Credentials | None) -> ArtifactCheck:
     """Check ``manifest.json``: every listed file exists with its size, and each
-    directory artifact's sha256 is the digest of its file list. Returns the status list.
+    artifact's sha256 follows :func:`tidetune.contract.artifact_digest`. Returns the
+    status list.
     """
     try:
         store, key = open_store(root, credentials)
@@ -88,13 +89,10 @@ def verify_artifacts(root: str, credentials: S3Credentials | None) -> ArtifactCh
                     problem=f"artifact {name}: {rel} has {size} bytes, "
                     f"the manifest says {f.get('sizeBytes')}"
                 )
-        if len(files) == 1 and files[0].get("path", "") == "":
-            digest = files[0].get("sha256")
-        else:
-            listing = "".join(
-                f"{f['sha256']}  {f['path']}\n" for f in sorted(files, key=lambda f: f["path"])
-            )
-            digest = hashlib.sha256(listing.encode()).hexdigest()
+        try:
+            digest = artifact_digest(files)
+        except (KeyError, TypeError):
+            return ArtifactCheck(problem=f"artifact {name}: a file has no path or sha256")
         if digest != art.get("sha256"):
             return ArtifactCheck(problem=f"artifact {name}: sha256 does not match its file list")
         out.append(

@@ -33,7 +33,8 @@ from tidetune.api import FineTuneJob, FineTuneJobStatus, Phase, Reason
 from tidetune.api.constants import ConditionType
 from tidetune.api.idlepool import IdlePool
 from tidetune.api.types import parse_duration
-from tidetune.estimate import EstimateError, estimate
+from tidetune.contract import RunState, RunStateName, price_count
+from tidetune.estimate import EstimateError, estimate_for_spec, gpu_type_for
 from tidetune_operator import builders
 from tidetune_operator.admission import ADMIT_NOW, Admission
 from tidetune_operator.config import OperatorConfig
@@ -52,51 +53,6 @@ C = ConditionType
 #: Parameter counts of the builtin smoke-test models (tidetune_trainer.tiny builds them).
 BUILTIN_MODEL_PARAMS = {"tiny-llama": 200_000}
 _SIZE_HINT = re.compile(r"(?<![0-9a-z])(\d+(?:\.\d+)?)\s*([bm])(?![a-z])", re.IGNORECASE)
-
-
-@dataclass(frozen=True)
-class RunState:
-    """What the trainer last wrote to ``progress.json`` (and ``estimate.json``)."""
-
-    state: str | None = None
-    step: int = 0
-    total_steps: int | None = None
-    epoch: float = 0.0
-    percent: float = 0.0
-    trained_tokens: float = 0.0
-    eta: str | None = None
-    metrics: dict[str, Any] = field(default_factory=dict)
-    checkpoints: list[dict[str, Any]] = field(default_factory=list)
-    message: str | None = None
-    exit_code: int | None = None
-    estimate: dict[str, Any] | None = None
-
-    @classmethod
-    def from_progress(
-        cls, progress: dict[str, Any], estimate_doc: dict[str, Any] | None = None
-    ) -> RunState:
-        def num(key: str, default: float = 0.0) -> float:
-            value = progress.get(key)
-            return (
-                float(value) if isinstance(value, int | float) and math.isfinite(value) else default
-            )
-
-        total = progress.get("totalSteps")
-        code = progress.get("exitCode")
-        return cls(
-            state=progress.get("state") if isinstance(progress.get("state"), str) else None,
-            step=int(num("step")),
-            total_steps=int(total) if isinstance(total, int | float) else None,
-            epoch=num("epoch"),
-            percent=min(100.0, max(0.0, num("percent"))),
-            trained_tokens=num("trainedTokens"),
-            eta=progress.get("eta") if isinstance(progress.get("eta"), str) else None,
-            metrics=dict(progress.get("metrics") or {}),
-            checkpoints=[c for c in progress.get("checkpoints") or [] if isinstance(c, dict)],
-            message=progress.get("message") if isinstance(progress.get("message"), str) else None,
-            exit_code=int(code) if isinstance(code, int) else None,
-            estimate=estimate_doc,
-        )
 
 
 @dataclass(frozen=True)
@@ -186,28 +142,19 @@ def pre_run_estimate(
         * hp.max_seq_length
         * fill
     )
-    gpu_type = (
-        "cpu"
-        if spec.resources.gpus_per_node == 0
-        else spec.resources.gpu_type
-        or (pool.spec.gpu_type if pool is not None else None)
-        or config.default_gpu_type
-    )
+    gpu_type = priced_gpu_type(job, pool, config)
     try:
-        result = estimate(
-            tokens,
-            params,
-            gpu_type,
-            devices=devices,
-            nodes=spec.resources.nodes,
-            method=str(spec.method),
-            tuning=str(spec.tuning.type),
-            load_in_4bit=spec.tuning.load_in_4bit,
-            tables=config.estimate_tables,
-        )
+        result = estimate_for_spec(spec, tokens, params, gpu_type, config.estimate_tables)
     except EstimateError:
         return None
-    return {**result.to_status(), "gpuType": gpu_type, "sampled": False}
+    return {**result.to_status(), "gpuType": result.device_type, "sampled": False}
+
+
+def priced_gpu_type(job: FineTuneJob, pool: IdlePool | None, config: OperatorConfig) -> str:
+    """The device type the job's estimate is priced on (job, then pool, then config)."""
+    return gpu_type_for(
+        job.spec, pool.spec.gpu_type if pool is not None else None, config.default_gpu_type
+    )
 
 
 # --------------------------------------------------------------------------- helpers
@@ -363,17 +310,15 @@ def _apply_run_state(b: _Builder, run: RunState) -> None:
     if checkpoints:
         b.status["checkpoints"] = checkpoints
     if run.estimate:
-        est = {
-            k: run.estimate[k]
-            for k in ("trainTokens", "gpuHours", "cost", "currency")
-            if k in run.estimate
-        }
+        # the trainer counted; the operator prices, with its tables and the pool's GPU
+        est = price_count(
+            run.estimate,
+            b.job.spec,
+            priced_gpu_type(b.job, b.world.pool, b.config),
+            b.config.estimate_tables,
+        )
         if est and est != {k: (b.status.get("estimate") or {}).get(k) for k in est}:
-            b.status["estimate"] = {
-                **(b.status.get("estimate") or {}),
-                **est,
-                "sampled": bool(run.estimate.get("sampled", False)),
-            }
+            b.status["estimate"] = {**(b.status.get("estimate") or {}), **est}
             b.timeline(
                 "Estimated",
                 Reason.ESTIMATED,
@@ -389,9 +334,9 @@ def _outcome(world: World, message: str) -> exitcodes.Outcome:
     if run is not None and run.exit_code is not None:
         return exitcodes.classify(run.exit_code)
     state = run.state if run is not None else None
-    if state == "preempted":
+    if state == RunStateName.PREEMPTED:
         return exitcodes.Outcome.PREEMPTED
-    if state == "failed":
+    if state == RunStateName.FAILED:
         return exitcodes.Outcome.CRASHED
     # the process died without saying why: killed with its node, OOM-killed, evicted
     return exitcodes.Outcome.KILLED
@@ -738,7 +683,7 @@ def _alive(b: _Builder, obj: dict[str, Any], state: LauncherState) -> None:
         b.set_phase(Phase.RUNNING, "restarting after a lost pod")
         return
 
-    exporting = world.run is not None and world.run.state == "exporting"
+    exporting = world.run is not None and world.run.state == RunStateName.EXPORTING
     if state.phase is LauncherPhase.RUNNING:
         running = get_condition(b.status, C.RUNNING) or {}
         if running.get("status") != "True":

@@ -5,10 +5,13 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from tests.tidetune_operator.conftest import make_job
+import pytest
+
+from tests.tidetune_operator.conftest import make_job, make_pool
 from tidetune import exitcodes
 from tidetune.api import FineTuneJob, Phase, Reason
 from tidetune.api.constants import TIMELINE_KEEP_FIRST, TIMELINE_KEEP_LAST
+from tidetune.contract import RunState
 from tidetune_operator.admission import Admission
 from tidetune_operator.config import OperatorConfig
 from tidetune_operator.launchers import PyTorchJobLauncher
@@ -16,7 +19,6 @@ from tidetune_operator.reconcile import (
     ActionKind,
     ArtifactCheck,
     Decision,
-    RunState,
     World,
     decide,
     model_params_hint,
@@ -434,3 +436,56 @@ def test_cancel_queued_job_launches_nothing(config: OperatorConfig) -> None:
     assert job.status is not None and job.status.phase is Phase.CANCELLED
     assert job.status.start_time is None and job.status.completion_time is not None
     assert types(d) == ["Cancelled"]
+
+
+def test_the_trainers_count_is_priced_with_the_operators_table_and_the_pools_gpu() -> None:
+    """One estimate path: the trainer counts (estimate.json), the operator prices the count
+    with its own price table and the pool's GPU type, and that reaches the final status."""
+    config = OperatorConfig.model_validate(
+        {
+            "trainerImage": "t:1",
+            "defaultOutputUri": "s3://runs/",
+            "currency": "EUR",
+            "prices": {"h100": 7.5},
+            "throughput": {"h100": 400.0},
+        }
+    )
+    pool = make_pool({"spec.gpuType": "h100"})
+    job = make_job(edits={"spec.resources.gpuType": None, "spec.hyperparameters.maxSteps": None})
+    job, d = step(job, config, pool=pool)
+    pj = launched(d, "Created", "Running")
+    assert job.status is not None and job.status.estimate is None  # epochs: nothing to price yet
+    count = {"trainTokens": 3_000_000, "modelParams": 1_500_000_000, "devices": 8, "sampled": True}
+    job, d = step(
+        job, config, pool=pool, launcher=pj, run=RunState(state="running", step=5, estimate=count)
+    )
+    # LoRA SFT: 4 FLOPs per parameter per token, at 400 TFLOP/s per h100, 7.5 EUR an hour
+    gpu_hours = 4 * 1.5e9 * 3e6 / 400e12 / 3600
+    est = job.status.estimate if job.status else None
+    assert est is not None
+    assert (est.gpu_type, est.currency, est.train_tokens) == ("h100", "EUR", 3_000_000)
+    assert est.gpu_hours == pytest.approx(gpu_hours, rel=1e-5)
+    assert est.cost == pytest.approx(gpu_hours * 7.5, abs=1e-4) and est.sampled is True
+    assert "Estimated" in types(d)
+    done = {**pj, "status": {"conditions": [{"type": "Succeeded", "status": "True"}]}}
+    art = {"name": "final", "uri": "s3://a/final", "sizeBytes": 10, "sha256": "0" * 64}
+    final, _ = step(
+        job,
+        config,
+        pool=pool,
+        launcher=done,
+        run=RunState(state="succeeded", step=60, total_steps=60, percent=100, estimate=count),
+        artifacts=ArtifactCheck(artifacts=[art]),
+    )
+    assert final.status is not None and final.status.phase is Phase.SUCCEEDED
+    assert final.status.estimate == est
+    # without a pool GPU type the operator's defaultGpuType prices it, not the trainer
+    job2, d2 = step(make_job(edits={"spec.resources.gpuType": None}), config)
+    job2, _ = step(
+        job2,
+        config,
+        launcher=launched(d2, "Created", "Running"),
+        run=RunState(state="running", step=1, estimate=count),
+    )
+    assert job2.status is not None and job2.status.estimate is not None
+    assert job2.status.estimate.gpu_type == "a100" and job2.status.estimate.currency == "EUR"

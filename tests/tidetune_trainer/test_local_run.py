@@ -56,6 +56,7 @@ def test_run_json_reports_the_final_job(tmp_path: Path, chat_data: Path) -> None
     assert st.progress is not None and st.progress.step == 6 and st.progress.percent == 100.0
     assert st.metrics is not None and st.metrics.train_loss is not None
     assert st.estimate is not None and st.estimate.train_tokens > 0
+    assert st.estimate.gpu_type == "cpu" and st.estimate.gpu_hours > 0  # priced here
     assert {a.name for a in st.artifacts} >= {"final", "checkpoint-4", "manifest"}
     assert [e.type for e in st.timeline][:3] == ["Validated", "Estimated", "Started"]
     assert st.timeline[-1].type == "Succeeded"

@@ -8,9 +8,9 @@
     manifest.json     written last: every artifact with name, uri, sizeBytes, sha256 and
                       its files (path, uri, sizeBytes, sha256)
 
-A directory artifact's ``sha256`` is the sha256 of its file list in ``sha256sum``
-format (``<sha256>  <path>\\n`` per file, sorted by path), so it changes when any file
-does. Readers must treat a location without ``manifest.json`` as incomplete.
+The manifest's format and the digest rule (a directory artifact's ``sha256`` is the
+sha256 of its file list) are :mod:`tidetune.contract`'s, which the operator checks with.
+Readers must treat a location without ``manifest.json`` as incomplete.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tidetune.contract import MANIFEST_API_VERSION, MANIFEST_KIND, artifact_digest
 from tidetune.layout import MANIFEST_FILE, job_root
 from tidetune.storage import LocalStore, ObjectStore, open_store
 from tidetune_trainer.checkpoint import CheckpointManager, utcnow
@@ -73,12 +74,7 @@ class ArtifactEntry:
 
     @property
     def sha256(self) -> str:
-        if len(self.files) == 1 and self.files[0].path == "":
-            return self.files[0].sha256
-        listing = "".join(
-            f"{f.sha256}  {f.path}\n" for f in sorted(self.files, key=lambda f: f.path)
-        )
-        return hashlib.sha256(listing.encode()).hexdigest()
+        return artifact_digest(f.to_dict() for f in self.files)
 
     def to_status(self) -> dict[str, Any]:
         """``{name, uri, sizeBytes, sha256}`` as in ``status.artifacts``."""
@@ -160,8 +156,8 @@ class ArtifactWriter:
     def write_manifest(self, extra: dict[str, Any] | None = None) -> ArtifactEntry:
         """Write ``manifest.json`` (last). Returns its own entry."""
         body = {
-            "apiVersion": "tidetune.io/v1alpha1",
-            "kind": "ArtifactManifest",
+            "apiVersion": MANIFEST_API_VERSION,
+            "kind": MANIFEST_KIND,
             "job": self.job,
             "createdAt": utcnow(),
             **(extra or {}),

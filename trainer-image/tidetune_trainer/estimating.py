@@ -1,40 +1,31 @@
-"""The estimate before training: count the job's tokens with the data pipeline, size the
-model, and price it with :mod:`tidetune.estimate`.
+"""The count before training: the job's tokens with the data pipeline and the model's
+size, written to ``<run>/estimate.json`` (:class:`tidetune.contract.EstimateDocument`).
+
+The trainer counts; it does not price. Whoever owns the job's status prices the count
+with :func:`tidetune.contract.price_count` — the operator with its price tables and the
+pool's GPU type, ``tidetune run`` with the defaults — so there is one pricing path.
 
 - :func:`count_tokens` — tokens per epoch of a spec's training data: every record, or
   for large data a seeded sample of ``sample_records`` records scaled up (``sampled``).
 - :func:`model_params_for` — the base model's parameter count from its ``config.json``
   (no weights are loaded; ``builtin://tiny-llama`` from its fixed shape).
-- :func:`estimate_job` — tokens over all epochs/steps → :class:`tidetune.estimate.Estimate`.
+- :func:`count_document` — tokens over all epochs/steps, parameters and devices.
 - :func:`write_estimate` — ``<run>/estimate.json``.
-
-Environment: ``TIDETUNE_GPU_TYPE`` names the device type when the spec does not
-(``spec.resources.gpuType``); ``TIDETUNE_ESTIMATE_TABLES`` points at a YAML/JSON file
-with the throughput and price tables (see ``tidetune.estimate.load_tables``).
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
 import random
 from dataclasses import dataclass
 from typing import Any
 
-from tidetune.estimate import (
-    DEFAULT_TABLES,
-    Estimate,
-    EstimateTables,
-    estimate,
-    load_tables,
-    params_from_config,
-)
+from tidetune.contract import EstimateDocument
+from tidetune.estimate import params_from_config
+from tidetune.layout import ESTIMATE_FILE
 from tidetune.storage import ObjectStore
 
-GPU_TYPE_ENV = "TIDETUNE_GPU_TYPE"
-TABLES_ENV = "TIDETUNE_ESTIMATE_TABLES"
-DEFAULT_GPU_TYPE = "a100"
 #: Records tokenized when counting a large dataset by sampling.
 DEFAULT_SAMPLE_RECORDS = 20_000
 
@@ -47,26 +38,6 @@ class TokenCount:
     samples: int
     sampled: bool
     packed_rows: int | None = None
-
-
-def tables_from_env() -> EstimateTables:
-    """The tables in force: ``$TIDETUNE_ESTIMATE_TABLES`` over the defaults."""
-    path = os.environ.get(TABLES_ENV)
-    return load_tables(path) if path else DEFAULT_TABLES
-
-
-def device_type_for(spec: Any) -> str:
-    """``cpu`` without GPUs, else ``spec.resources.gpuType``, ``$TIDETUNE_GPU_TYPE``, the
-    local CUDA device's name when recognisable, or ``a100``."""
-    res = spec.resources
-    if res.gpus_per_node == 0:
-        return "cpu"
-    if getattr(res, "gpu_type", None):
-        return str(res.gpu_type)
-    env = os.environ.get(GPU_TYPE_ENV)
-    if env:
-        return env.lower()
-    return DEFAULT_GPU_TYPE
 
 
 def count_tokens(
@@ -139,35 +110,30 @@ def train_tokens(spec: Any, tokens_per_epoch: int, rows_per_epoch: int | None, w
     return int(round(tokens_per_epoch * hp.max_steps / steps_per_epoch))  # noqa: RUF046
 
 
-def estimate_job(
+def count_document(
     spec: Any,
     tokens_per_epoch: int,
     model_params: int,
     *,
     rows_per_epoch: int | None = None,
     world: int | None = None,
-    tables: EstimateTables | None = None,
-) -> Estimate:
-    """The job's estimate (GPU-hours, cost) for a counted number of tokens."""
+    sampled: bool = False,
+) -> EstimateDocument:
+    """What ``estimate.json`` holds: the run's tokens (all epochs, or the maxSteps share),
+    the model's parameters and the devices (``world`` for a CPU run's processes, else
+    nodes × GPUs per node)."""
     res = spec.resources
     devices = res.nodes * max(res.gpus_per_node, 1) if world is None else world
-    return estimate(
-        train_tokens(spec, tokens_per_epoch, rows_per_epoch, devices),
-        model_params,
-        device_type_for(spec),
-        devices=devices,
-        nodes=res.nodes,
-        method=spec.method.value,
-        tuning=spec.tuning.type.value,
-        load_in_4bit=spec.tuning.load_in_4bit,
-        tables=tables or tables_from_env(),
+    return EstimateDocument(
+        trainTokens=train_tokens(spec, tokens_per_epoch, rows_per_epoch, devices),
+        tokensPerEpoch=int(tokens_per_epoch),
+        modelParams=int(model_params),
+        devices=int(devices),
+        sampled=sampled,
     )
 
 
-def write_estimate(
-    store: ObjectStore, run_key: str, est: Estimate, *, sampled: bool
-) -> dict[str, Any]:
+def write_estimate(store: ObjectStore, run_key: str, doc: EstimateDocument) -> EstimateDocument:
     """Write ``<run>/estimate.json``; returns what was written."""
-    body = {**est.to_dict(), "sampled": sampled, "gpuType": est.device_type}
-    store.write_text(ObjectStore.join(run_key, "estimate.json"), json.dumps(body, indent=1))
-    return body
+    store.write_text(ObjectStore.join(run_key, ESTIMATE_FILE), json.dumps(doc, indent=1))
+    return doc

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from tidetune import exitcodes, layout
-from tidetune.jobs.localstatus import final_job
+from tidetune.jobs.localstatus import final_job, price_local
 
 DEFAULT_WORKDIR = "runs"
 
@@ -207,20 +207,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     # ---- estimate (the trainer writes the exact one into estimate.json)
     estimate: dict[str, Any] | None = None
     try:
-        from tidetune_trainer.estimating import count_tokens, estimate_job, model_params_for
+        from tidetune_trainer.estimating import count_document, count_tokens, model_params_for
 
         count = count_tokens(spec)
         params = model_params_for(spec.base_model.uri)
-        est = estimate_job(
-            spec, count.tokens, params, rows_per_epoch=count.packed_rows or count.samples
+        estimate = price_local(
+            spec,
+            count_document(
+                spec,
+                count.tokens,
+                params,
+                rows_per_epoch=count.packed_rows or count.samples,
+                sampled=count.sampled,
+            ),
         )
-        estimate = {**est.to_status(), "gpuType": est.device_type, "sampled": count.sampled}
-        timeline.add(
-            "Estimated",
-            "Estimated",
-            f"{est.train_tokens:,} tokens, {est.gpu_hours:.4g} {est.device_type}-hours, "
-            f"{est.cost:.2f} {est.currency}",
-        )
+        if estimate is not None:
+            timeline.add(
+                "Estimated",
+                "Estimated",
+                f"{estimate['trainTokens']:,} tokens, {estimate['gpuHours']:.4g} "
+                f"{estimate['gpuType']}-hours, {estimate['cost']:.2f} {estimate['currency']}",
+            )
     except Exception as e:  # bad data is reported here already, as on a cluster
         from tidetune_trainer.errors import exit_code_for
 
@@ -239,12 +246,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         else 1
     )
     attempt = 1 + sum(1 for e in timeline.entries if e["type"] in ("Started", "Resumed"))
-    term_log = run_dir / "termination-log"
+    term_log = run_dir / layout.LOCAL_TERMINATION_LOG
     term_log.unlink(missing_ok=True)
     env = {
         "PYTHONPATH": _pythonpath(),
         "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"),
-        "TIDETUNE_TERMINATION_LOG": str(term_log),
+        layout.TERMINATION_LOG_ENV: str(term_log),
         "PYTHONUNBUFFERED": "1",
         layout.ATTEMPT_ENV: str(attempt),
         "OMP_NUM_THREADS": os.environ.get(
@@ -268,7 +275,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     launcher = LocalProcessLauncher(log_dir=workdir / "logs")
     started = time.monotonic()
     handle = launcher.start(LocalLaunch(name=f"{ns}-{name}", args=torchrun_args, env=env))
-    progress_file = run_dir / "progress.json"
+    progress_file = run_dir / layout.PROGRESS_FILE
     before = _read_json(progress_file) or {}
     timeline.add(
         "Resumed" if resumed else "Started",
@@ -368,7 +375,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(message, file=err)
         print(f"trainer logs: {', '.join(str(x) for x in handle.logs)}", file=err)
         phase = "Failed"
-    estimate = _read_json(run_dir / layout.ESTIMATE_FILE) or estimate
+    counted = _read_json(run_dir / layout.ESTIMATE_FILE)
+    estimate = (price_local(spec, counted) if counted else None) or estimate
     _finish(args, job, body, phase, timeline, run_dir, estimate, message or p.get("message"), p)
     if phase == "Succeeded":
         return 0

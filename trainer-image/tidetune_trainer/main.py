@@ -37,12 +37,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tidetune import exitcodes
+from tidetune import exitcodes, layout
 
 log = logging.getLogger("tidetune_trainer")
 
-TERMINATION_LOG_ENV = "TIDETUNE_TERMINATION_LOG"
-DEFAULT_TERMINATION_LOG = "/dev/termination-log"
+TERMINATION_LOG_ENV = layout.TERMINATION_LOG_ENV
+DEFAULT_TERMINATION_LOG = layout.TERMINATION_LOG_PATH
 EXIT_DIR_ENV = "TIDETUNE_EXIT_DIR"
 METRICS_PORT_ENV = "TIDETUNE_METRICS_PORT"
 #: Kubernetes keeps at most 4096 bytes of a termination message.

@@ -17,7 +17,8 @@ step are dropped first, so the file always describes one consistent trajectory.
      "checkpoints": [{"step": 10, "uri": "…", "time": "…"}], "message": null}
 
 ``state`` is one of ``starting``, ``running``, ``checkpointing``, ``preempted``,
-``exporting``, ``succeeded``, ``failed``.
+``exporting``, ``succeeded``, ``failed``. The documents' formats are
+:mod:`tidetune.contract`'s; the file names :mod:`tidetune.layout`'s.
 
 Prometheus (``--metrics-port N``; 0 or unset disables; bound to ``TIDETUNE_METRICS_ADDR``,
 default ``0.0.0.0``): ``tidetune_trainer_step``, ``…_total_steps``, ``…_epoch``,
@@ -37,7 +38,9 @@ import os
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
+
+from tidetune.contract import ArtifactStatus, CheckpointRecord, ProgressDocument, RunStateName
 
 # the names the operator reads, re-exported for the trainer's modules
 from tidetune.layout import ESTIMATE_FILE as ESTIMATE_FILE
@@ -47,7 +50,8 @@ from tidetune.storage import ObjectStore
 
 log = logging.getLogger(__name__)
 
-STATES = ("starting", "running", "checkpointing", "preempted", "exporting", "succeeded", "failed")
+#: progress.json's ``state`` values (the contract's)
+STATES = tuple(str(s) for s in RunStateName)
 
 
 def iso(ts: float | None = None) -> str:
@@ -351,7 +355,7 @@ class ProgressReporter:
         per_step = (t1 - t0) / (s1 - s0)
         return max(0.0, (self.total_steps - self.step) * per_step)
 
-    def progress(self) -> dict[str, Any]:
+    def progress(self) -> ProgressDocument:
         eta = self.eta_seconds()
         eta_time = None
         if eta is not None and self.state == "running":
@@ -371,8 +375,9 @@ class ProgressReporter:
             "etaSeconds": round(eta, 1) if eta is not None else None,
             "updatedAt": iso(),
             "metrics": dict(self.latest),
-            "checkpoints": list(self.checkpoints),
-            "artifacts": list(self.artifacts),
+            # the checkpoint manager's and the exporter's records, in the contract's shape
+            "checkpoints": cast(list[CheckpointRecord], list(self.checkpoints)),
+            "artifacts": cast(list[ArtifactStatus], list(self.artifacts)),
             "message": self.message,
         }
 

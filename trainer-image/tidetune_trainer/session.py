@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tidetune import layout
+from tidetune.contract import EstimateDocument
 from tidetune.storage import ObjectStore, S3Credentials, open_store
 from tidetune_trainer.config import TrainConfig
 from tidetune_trainer.errors import BadInputError
@@ -86,7 +88,7 @@ class Session:
     run_store: ObjectStore = field(init=False)
     run_key: str = field(init=False)
     reporter: Any = None
-    estimate: dict[str, Any] | None = None
+    estimate: EstimateDocument | None = None
 
     def __post_init__(self) -> None:
         self.run_store, self.run_key = open_store(self.run_uri, self.credentials)
@@ -164,7 +166,7 @@ class Session:
         prepared = prepare_data(loaded, tokenizer, settings, method=method)
         if self.is_main:
             self.run_store.write_text(
-                ObjectStore.join(self.run_key, "data-report.json"),
+                ObjectStore.join(self.run_key, layout.DATA_REPORT_FILE),
                 json.dumps(prepared.report.to_dict(), indent=1, default=str),
             )
         return prepared, tokenizer
@@ -218,11 +220,12 @@ class Session:
         return order.steps_per_epoch, total_steps(self.cfg, order.steps_per_epoch)
 
     def write_estimate(self, tokens_per_epoch: int, model: Any, rows: int) -> None:
-        """Estimate GPU-hours and cost from the counted tokens; ``<run>/estimate.json``."""
-        from tidetune_trainer.estimating import estimate_job, write_estimate
+        """The counted tokens, parameters and devices: ``<run>/estimate.json`` (the
+        operator prices them)."""
+        from tidetune_trainer.estimating import count_document, write_estimate
 
         params = sum(p.numel() for p in model.parameters())
-        est = estimate_job(
+        doc = count_document(
             self.spec,
             tokens_per_epoch,
             params,
@@ -230,7 +233,7 @@ class Session:
             world=self.world_size if self.cfg.gpus_per_node == 0 else None,
         )
         if self.is_main:
-            self.estimate = write_estimate(self.run_store, self.run_key, est, sampled=False)
+            self.estimate = write_estimate(self.run_store, self.run_key, doc)
 
     def create_engine(self, model: Any, rows: int) -> Any:
         """Wrap the model for training (LoRA/full, optimizer, scheduler, DeepSpeed)."""

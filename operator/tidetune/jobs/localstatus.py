@@ -5,6 +5,7 @@ prints it, and every job command reads a local run through it.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -15,6 +16,21 @@ TERMINAL = ("Succeeded", "Failed", "Cancelled")
 
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def price_local(spec: Any, counted: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """``status.estimate`` of a local run: the trainer's count (``estimate.json``) priced
+    as the operator prices it, with the default tables (no pool here). A document from an
+    older trainer that priced itself is taken as it is."""
+    from tidetune.contract import price_count
+    from tidetune.estimate import DEFAULT_GPU_TYPE, DEFAULT_TABLES, gpu_type_for
+
+    if not counted:
+        return None
+    priced = price_count(counted, spec, gpu_type_for(spec, None, DEFAULT_GPU_TYPE), DEFAULT_TABLES)
+    if priced is None and "gpuHours" in counted:
+        return dict(counted)
+    return priced
 
 
 def final_job(

@@ -340,7 +340,7 @@ def load_local(run_dir: Path) -> LocalJob:
         return data if isinstance(data, dict) else None
 
     progress = doc(layout.PROGRESS_FILE)
-    estimate = doc(layout.ESTIMATE_FILE)
+    estimate = _local_estimate(body, doc(layout.ESTIMATE_FILE))
     job = LocalJob(body={}, credentials=S3Credentials.from_env(), run_dir=run_dir)
     job.body = body
     running = job.process() is not None
@@ -348,6 +348,19 @@ def load_local(run_dir: Path) -> LocalJob:
     message = (progress or {}).get("message") if phase == Phase.FAILED else None
     job.body = final_job(body, phase, timeline, estimate, message, progress)
     return job
+
+
+def _local_estimate(body: dict[str, Any], counted: dict[str, Any] | None) -> dict[str, Any] | None:
+    from pydantic import ValidationError
+
+    from tidetune.api import FineTuneJob
+    from tidetune.jobs.localstatus import price_local
+
+    try:
+        spec = FineTuneJob.model_validate(body).spec
+    except ValidationError:
+        return None
+    return price_local(spec, counted)
 
 
 def local_phase(timeline: list[dict[str, Any]], running: bool) -> str:

@@ -101,7 +101,9 @@ def write_run(workdir: Path, *, exported: bool = True) -> Path:
         )
     )
     (run / layout.ESTIMATE_FILE).write_text(
-        json.dumps({"trainTokens": 34_400, "gpuHours": 0.0125, "cost": 0.0, "currency": "USD"})
+        json.dumps(
+            {"trainTokens": 34_400, "tokensPerEpoch": 34_400, "modelParams": 200_000, "devices": 1}
+        )
     )
     timeline = [
         {"time": _iso(1), "type": "Validated", "reason": "SpecValid", "message": "sft"},
