@@ -1,15 +1,19 @@
 """``python -m tests.lab.nodeagent --kubeconfig KUBECONFIG --config agent.json``.
 
 Prints ``ready {"hooks": "http://127.0.0.1:PORT"}`` on stdout once its Nodes are
-registered, then runs until SIGTERM/SIGINT, when it kills every pod and removes its network
-namespaces, veths, addresses and cgroups. Logs go to stderr.
+registered, then runs until SIGTERM/SIGINT (or the death of the process that started it),
+when it kills every pod and removes its network namespaces, veths, addresses and cgroups.
+Logs go to stderr. What a SIGKILL leaves behind is removed by the next agent on the same
+bridge.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import logging
+import os
 import pathlib
 import signal
 import sys
@@ -39,6 +43,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     agent = Agent(config, api)
     stop = threading.Event()
+    # SIGTERM (a clean stop) when the process that started the agent dies
+    parent = os.getppid()
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:
+        return 1
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         stop.set()

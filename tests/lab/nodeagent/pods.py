@@ -243,6 +243,7 @@ class Container:
     image_failures: int = 0
     prober: Prober | None = None
     attempt: int = 0
+    runs: int = 0
     done: bool = False  # will not run again
 
     @property
@@ -620,6 +621,9 @@ class PodWorker(threading.Thread):
         full_env = {"HOSTNAME": hostname, **image.env}
         full_env.setdefault("HOME", ident.home)
         full_env.update(env)
+        if container.runs:
+            record.restart_count += 1  # counted when the new container starts, as the kubelet
+        container.runs += 1
         attempt = record.restart_count
         cdir = self.dir / "containers" / container.name
         cdir.mkdir(parents=True, exist_ok=True)
@@ -805,6 +809,7 @@ class PodWorker(threading.Thread):
         finished = now
         if container.backoff and now - container.backoff_updated > 2 * self.rt.backoff_max:
             container.backoff = 0.0
+        period = container.backoff
         if container.backoff and finished - container.backoff_updated < container.backoff:
             container.next_start = container.backoff_updated + container.backoff
             delay = container.next_start - now
@@ -819,12 +824,11 @@ class PodWorker(threading.Thread):
             )
         container.backoff_updated = container.next_start
         record.last_terminated = record.terminated
-        record.restart_count += 1
         if delay > 0:
             self._waiting(
                 container,
                 "CrashLoopBackOff",
-                f"back-off {round(delay)}s restarting failed container={container.name} "
+                f"back-off {round(period)}s restarting failed container={container.name} "
                 f"pod={self.pod_name}_{self.namespace}({self.uid})",
             )
             self.rt.event(
