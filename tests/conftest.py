@@ -14,6 +14,7 @@ import pytest
 
 if TYPE_CHECKING:
     from tests.lab.lab import Lab
+    from tests.support.apiserver import ApiServer
     from tests.support.k8s import EmulatorServer
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -45,3 +46,18 @@ def lab(tmp_path: pathlib.Path) -> Iterator[Lab]:
 
     with Lab(tmp_path / "lab") as started:
         yield started
+
+
+@pytest.fixture(scope="session")
+def apiserver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiServer]:
+    """A real etcd + kube-apiserver (built by ``.ci/setup``) with ``crds/`` installed.
+
+    ``apiserver.verdict(manifest[, old=...])`` is what the server says about storing it.
+    """
+    from tests.support.apiserver import ApiServer
+
+    server = ApiServer(tmp_path_factory.mktemp("apiserver")).start()
+    try:
+        yield server
+    finally:
+        server.stop()

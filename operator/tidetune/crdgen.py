@@ -178,7 +178,9 @@ def _root(spec: type[BaseModel], status: type[BaseModel], description: str) -> S
         "properties": {
             "apiVersion": {"type": "string"},
             "kind": {"type": "string"},
-            "metadata": {"type": "object"},
+            # The root rule's fieldPath (.metadata.name) must name a declared field: the
+            # API server walks the structural schema and refuses the CRD otherwise.
+            "metadata": {"type": "object", "properties": {"name": {"type": "string"}}},
             "spec": openapi_schema(spec),
             "status": openapi_schema(status),
         },

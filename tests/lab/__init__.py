@@ -1,5 +1,1 @@
-"""The lab: ``python -m tests.lab --dir DIR`` (see :mod:`tests.lab.lab`)."""
-
-from tests.lab.lab import Lab, LabComponent, SupervisedProcess
-
-__all__ = ["Lab", "LabComponent", "SupervisedProcess"]
+"""The lab: a real Kubernetes cluster on one machine (see lab.py and README, "The lab")."""

@@ -64,9 +64,9 @@ class S3Endpoint:
         )
 
 
-def _free_port() -> int:
+def _free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
+        sock.bind((host, 0))
         port: int = sock.getsockname()[1]
         return port
 
@@ -91,11 +91,12 @@ def _wait_until_up(endpoint: str, timeout: float) -> None:
 def start_s3(
     bucket: str | None = "tidetune",
     *,
+    host: str = "127.0.0.1",
     access_key: str = "tidetune-lab",
     secret_key: str | None = None,
     timeout: float = 15.0,
 ) -> Iterator[S3Endpoint]:
-    """Run a moto S3 server on ``127.0.0.1:<free port>`` for the ``with`` block.
+    """Run a moto S3 server on ``host:<free port>`` for the ``with`` block.
 
     Creates ``bucket`` (unless ``None``). Yields an :class:`S3Endpoint`; stops the server on
     exit.
@@ -108,11 +109,11 @@ def start_s3(
     from moto.server import ThreadedMotoServer
 
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one INFO line per request otherwise
-    port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    port = _free_port(host)
+    server = ThreadedMotoServer(ip_address=host, port=port, verbose=False)
     server.start()
     try:
-        endpoint = f"http://127.0.0.1:{port}"
+        endpoint = f"http://{host}:{port}"
         _wait_until_up(endpoint, timeout)
         info = S3Endpoint(
             endpoint=endpoint,

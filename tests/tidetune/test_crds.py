@@ -11,7 +11,7 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from tests.support.crd import server_verdict
+from tests.support.apiserver import ApiServer
 from tests.tidetune.cases import BAD, DELETE, GOOD, PYDANTIC_ONLY, ROOT, edit, example
 from tidetune.api import FineTuneJob, IdlePool
 from tidetune.cli import main
@@ -100,13 +100,13 @@ def test_finetunejob_crd_shape() -> None:
     assert CRDS["IdlePool"]["spec"]["scope"] == "Cluster"
 
 
-def _verdicts(kind: str, doc: dict[str, Any]) -> tuple[bool, list[str]]:
+def _verdicts(apiserver: ApiServer, kind: str, doc: dict[str, Any]) -> tuple[bool, list[str]]:
     try:
         MODELS[kind].model_validate(doc)
         model_ok = True
     except ValidationError:
         model_ok = False
-    return model_ok, server_verdict(CRDS[kind], doc)
+    return model_ok, apiserver.verdict(doc)
 
 
 # apiVersion is matched by the API server's routing ("no matches for kind"), not the schema.
@@ -117,11 +117,11 @@ SCHEMA_BAD = [c for c in BAD if c[3] != "apiVersion"]
     ("case", "base", "edits", "path"), SCHEMA_BAD, ids=[c[0] for c in SCHEMA_BAD]
 )
 def test_crd_rejects_what_the_model_rejects(
-    case: str, base: str, edits: dict[str, Any], path: str
+    apiserver: ApiServer, case: str, base: str, edits: dict[str, Any], path: str
 ) -> None:
     kind = "IdlePool" if base == "idlepool.yaml" else "FineTuneJob"
     doc = edit(example(base, kind), edits)
-    model_ok, server = _verdicts(kind, doc)
+    model_ok, server = _verdicts(apiserver, kind, doc)
     assert not model_ok
     if case in PYDANTIC_ONLY:
         assert server == [], "the CRD now judges this case: remove it from PYDANTIC_ONLY"
@@ -130,13 +130,15 @@ def test_crd_rejects_what_the_model_rejects(
 
 
 @pytest.mark.parametrize(("case", "base", "edits"), GOOD, ids=[c[0] for c in GOOD])
-def test_crd_accepts_what_the_model_accepts(case: str, base: str, edits: dict[str, Any]) -> None:
+def test_crd_accepts_what_the_model_accepts(
+    apiserver: ApiServer, case: str, base: str, edits: dict[str, Any]
+) -> None:
     kind = "IdlePool" if base == "idlepool.yaml" else "FineTuneJob"
     doc = example(base, kind)
     doc = (
         {**doc, "spec": edits["spec"]} if isinstance(edits.get("spec"), dict) else edit(doc, edits)
     )
-    model_ok, server = _verdicts(kind, doc)
+    model_ok, server = _verdicts(apiserver, kind, doc)
     assert model_ok
     assert server == [], server
 
@@ -163,33 +165,54 @@ def _started(doc: dict[str, Any]) -> dict[str, Any]:
         ({"spec.displayName": "renamed"}, False),
     ],
 )
-def test_spec_is_immutable_once_started(edits: dict[str, Any], allowed: bool) -> None:
-    crd = CRDS["FineTuneJob"]
+def test_spec_is_immutable_once_started(
+    apiserver: ApiServer, edits: dict[str, Any], allowed: bool
+) -> None:
     old = _started(example("sft-lora.yaml"))
     new = _started(edit(example("sft-lora.yaml"), edits))
-    problems = server_verdict(crd, new, old)
+    problems = apiserver.verdict(new, old)
     assert (problems == []) is allowed, problems
     if not allowed:
         assert any("cannot change once the job has started" in p for p in problems)
     # before the job starts, everything may change
     queued = {**example("sft-lora.yaml"), "status": {"phase": "Queued"}}
-    assert (
-        server_verdict(
-            crd, {**edit(example("sft-lora.yaml"), edits), "status": {"phase": "Queued"}}, queued
-        )
-        == []
-    )
+    assert apiserver.verdict(edit(example("sft-lora.yaml"), edits), queued) == []
 
 
-def test_a_cancelled_job_stays_cancelled() -> None:
-    crd = CRDS["FineTuneJob"]
+def test_a_cancelled_job_stays_cancelled(apiserver: ApiServer) -> None:
     old = _started(edit(example("sft-lora.yaml"), {"spec.cancelled": True}))
     for new in (
         _started(edit(example("sft-lora.yaml"), {"spec.cancelled": False})),
         _started(example("sft-lora.yaml")),  # the field removed
     ):
-        problems = server_verdict(crd, new, old)
+        problems = apiserver.verdict(new, old)
         assert any("a cancelled job stays cancelled" in p for p in problems), problems
-    assert server_verdict(crd, old, old) == []
+    assert apiserver.verdict(old, old) == []
     # creating a job that is cancelled from the start is allowed (transition rules skip it)
-    assert server_verdict(crd, edit(example("sft-lora.yaml"), {"spec.cancelled": True})) == []
+    assert apiserver.verdict(edit(example("sft-lora.yaml"), {"spec.cancelled": True})) == []
+
+
+def test_the_server_installs_the_chart_crds_and_explains_them(apiserver: ApiServer) -> None:
+    """The chart's copies are byte-identical to crds/ (drift test) and the server serves
+    their documentation: what `kubectl explain ftj.spec` shows a user."""
+    out = apiserver.kubectl("explain", "ftj.spec").stdout
+    assert "FIELDS:" in out and "method" in out and "hyperparameters" in out
+    out = apiserver.kubectl("explain", "idlepool.spec.windows").stdout
+    assert "start" in out and "pool time zone" in out
+
+
+def test_the_server_refuses_a_spec_edit_after_start_with_the_crd_message(
+    apiserver: ApiServer,
+) -> None:
+    """Through kubectl, as a user meets it: the CEL transition rule, not our operator."""
+    doc = example("sft-lora.yaml")
+    doc["metadata"] = {"name": "edit-after-start", "namespace": "default"}
+    apiserver.kubectl("apply", "-f", "-", input=yaml.safe_dump(doc))
+    apiserver.kubectl(
+        "patch", "ftj", "edit-after-start", "--subresource=status", "--type=merge",
+        "-p", '{"status": {"phase": "Running", "startTime": "2026-11-22T01:00:00Z"}}',
+    )
+    doc["spec"]["hyperparameters"]["learningRate"] = 0.5
+    result = apiserver.kubectl("apply", "-f", "-", input=yaml.safe_dump(doc), check=False)
+    assert result.returncode != 0
+    assert "spec.hyperparameters cannot change once the job has started" in result.stderr

@@ -180,5 +180,8 @@ Quantity = Annotated[
     ),
 ]
 Timezone = Annotated[str, Field(min_length=1, max_length=64), AfterValidator(_check_timezone)]
-ClockTime = Annotated[str, Field(pattern=CLOCK_PATTERN)]
+# maxLength bounds the CEL cost estimate of the window rules that compare clock times; without
+# it the API server assumes the longest possible string and refuses the CRD's rules as too
+# expensive.
+ClockTime = Annotated[str, Field(pattern=CLOCK_PATTERN, max_length=5)]
 Identifier = Annotated[str, Field(min_length=1, max_length=128, pattern=IDENTIFIER_PATTERN)]
