@@ -78,6 +78,8 @@ How it differs from a kubelet with a container runtime:
   and NodeRestriction are not exercised for it); no eviction under pressure (conditions
   stay False), no static pods, no device plugins, no node status images list. A Node
   deleted behind its back is not re-registered. Pods already Succeeded/Failed when the
-  agent starts are left alone; running pods of an earlier agent are not adopted (their
-  processes died with it).
+  agent starts are left alone; pods an earlier agent was running are started afresh
+  (their processes died with it), restart counts from zero.
+- **Refresh:** ConfigMap/Secret volume content is re-read every 60 s (the kubelet watches
+  or caches them); tokens are renewed when due.
 """

@@ -414,9 +414,10 @@ class PodWorker(threading.Thread):
                 continue
             if not self.volumes_ready:
                 self._setup_volumes()
-            elif time.monotonic() - self.last_volume_refresh > 10:
+            elif self.volumes is not None and (
+                self.volumes.tokens_due() or time.monotonic() - self.last_volume_refresh > 60
+            ):
                 self.last_volume_refresh = time.monotonic()
-                assert self.volumes is not None
                 self.volumes.refresh()
             self._reap()
             if self.volumes_ready:

@@ -143,6 +143,10 @@ class PodVolumes:
         for volume in (self.pod.get("spec") or {}).get("volumes") or []:
             self._setup_one(volume, first=volume["name"] not in self._paths)
 
+    def tokens_due(self) -> bool:
+        """Whether a projected token has reached 80 % of its lifetime."""
+        return any(time.monotonic() >= due for due in self._token_refresh.values())
+
     def refresh(self, force_tokens: bool = False) -> None:
         """Rewrite the content volumes (ConfigMap/Secret edits, token rotation at 80 %)."""
         for volume in (self.pod.get("spec") or {}).get("volumes") or []:
