@@ -100,7 +100,6 @@ def train_tiny_tokenizer(
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     tok.decoder = decoders.ByteLevel()
-    tok.post_processor = processors.ByteLevel(trim_offsets=False)
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
         min_frequency=2,
@@ -109,6 +108,17 @@ def train_tiny_tokenizer(
         show_progress=False,
     )
     tok.train_from_iterator(sample, trainer=trainer, length=len(sample))
+    # like Llama's tokenizer, it adds BOS itself (add_special_tokens=True)
+    tok.post_processor = processors.Sequence(
+        [
+            processors.ByteLevel(trim_offsets=False),
+            processors.TemplateProcessing(
+                single=f"{BOS} $A",
+                pair=f"{BOS} $A {BOS} $B",
+                special_tokens=[(BOS, tok.token_to_id(BOS))],
+            ),
+        ]
+    )
     fast = PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
         tokenizer_object=tok,
         bos_token=BOS,

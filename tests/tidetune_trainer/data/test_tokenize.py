@@ -147,7 +147,17 @@ CHATML = (
 )
 
 
-def test_tokenizer_with_its_own_chat_template(tiny_tokenizer: Any) -> None:
+#: the same with the answers marked, as a template for training must be
+CHATML_MARKED = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n"
+    "{% if m['role'] == 'assistant' %}{% generation %}{{ m['content'] }}<|im_end|>\n"
+    "{% endgeneration %}{% else %}{{ m['content'] }}<|im_end|>\n{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def test_a_template_without_answer_markers_is_refused_by_name(tiny_tokenizer: Any) -> None:
+    from tidetune_trainer.data.chat import ChatTemplateError
     from tidetune_trainer.tiny import train_tiny_tokenizer
 
     from .conftest import corpus
@@ -155,6 +165,22 @@ def test_tokenizer_with_its_own_chat_template(tiny_tokenizer: Any) -> None:
     tok = train_tiny_tokenizer(corpus(), seed=0)
     tok.add_special_tokens({"extra_special_tokens": ["<|im_start|>", "<|im_end|>"]})
     tok.chat_template = CHATML
+    rec = ChatRecord("f:1", (Message("user", "the fox"), Message("assistant", "jumps")))
+    with pytest.raises(ChatTemplateError) as err:
+        tokenize_sft([rec], tok, 512)
+    msg = str(err.value)
+    assert "the chat template of" in msg and "<|im_start|>{{ m['role'] }}" in msg
+    assert "{% generation %}" in msg
+
+
+def test_tokenizer_with_its_own_chat_template(tiny_tokenizer: Any) -> None:
+    from tidetune_trainer.tiny import train_tiny_tokenizer
+
+    from .conftest import corpus
+
+    tok = train_tiny_tokenizer(corpus(), seed=0)
+    tok.add_special_tokens({"extra_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+    tok.chat_template = CHATML_MARKED
     rec = ChatRecord(
         "f:1",
         (

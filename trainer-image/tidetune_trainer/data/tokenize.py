@@ -6,15 +6,18 @@ Conventions (shared with the collator and the trainer):
   ``0.0`` masks it. The first token of every sample has weight 0 (nothing precedes it),
   which also keeps packed samples from predicting across their boundary.
 - ``messages``: loss on assistant answers (and their end-of-turn token), scaled by each
-  message's ``loss_weight``; ``prompt-completion``: ``BOS prompt completion EOS`` with
-  loss on the completion and EOS; ``text``: ``BOS text EOS`` with loss everywhere.
+  message's ``loss_weight``; ``prompt-completion``: ``prompt completion EOS`` with the
+  special tokens the tokenizer adds itself (BOS for Llama and the tiny model, none for
+  Qwen or GPT-2), loss on the completion and EOS; ``text``: the same with loss everywhere.
 - Samples longer than ``max_seq_length`` are truncated at the end (``messages``,
   ``prompt-completion``) or split into consecutive chunks (``text``); preference samples
   keep the end of the prompt and the start of the answers. Each is counted.
 
 Tokenization runs in batches through the fast tokenizer, with character offsets mapping
 tokens to the loss spans of the rendered text (so the ids are exactly what tokenizing
-the whole rendering gives, as at inference time).
+the whole rendering gives, as at inference time). A token carries a span's weight when
+it overlaps the span (the rule of transformers' ``return_assistant_tokens_mask``), so a
+completion whose first token also holds the prompt's trailing space is still trained.
 """
 
 from __future__ import annotations
@@ -78,22 +81,21 @@ class TokenizeStats:
 
 
 def _weights_from_spans(offsets: Sequence[tuple[int, int]], spans: Sequence[Span]) -> list[float]:
-    """Per-token weight: the weight of the span containing the token's first character."""
+    """Per-token weight: the weight of the span the token overlaps (shares a character with).
+
+    A token that starts before a span but reaches into it is trained (``"Answer: "`` +
+    ``"four"`` → ``Ġfour`` carries the completion's loss); this is the rule transformers'
+    ``return_assistant_tokens_mask`` applies. Spans and offsets are both in order.
+    """
     out = [0.0] * len(offsets)
-    if not spans:
-        return out
-    j = 0
-    n = len(spans)
+    j, n = 0, len(spans)
     for t, (s, e) in enumerate(offsets):
-        if e <= s:  # no characters (should not happen for real tokens)
-            continue
-        while j < n and spans[j][1] <= s:
+        while j < n and s >= spans[j][1]:
             j += 1
         if j == n:
             break
-        a, b, w = spans[j]
-        if a <= s < b:
-            out[t] = w
+        if e > spans[j][0] and e > s:
+            out[t] = spans[j][2]
     return out
 
 
@@ -111,52 +113,31 @@ def _backend(tokenizer: Any) -> Any:
     return backend
 
 
-def _span_weights(enc: Any, n: int, spans: Sequence[Span]) -> list[float]:
-    """Per-token weights from character spans, via the encoding's char→token map.
-
-    A token belongs to the span that contains its first character.
-    """
-    out = [0.0] * n
-    for a, b, w in spans:
-        t0 = None
-        for c in range(a, b):  # the first character of the span that maps to a token
-            t0 = enc.char_to_token(c)
-            if t0 is not None:
-                break
-        if t0 is None:
-            continue
-        if enc.token_to_chars(t0)[0] < a:  # the token started before the span
-            t0 += 1
-        t1 = None
-        for c in range(b - 1, a - 1, -1):
-            t1 = enc.char_to_token(c)
-            if t1 is not None:
-                break
-        if t1 is None or t1 < t0:
-            continue
-        out[t0 : t1 + 1] = [w] * (t1 + 1 - t0)
-    return out
-
-
 def _encode(
-    tokenizer: Any, texts: list[str], spans: Sequence[Sequence[Span]] | None = None
+    tokenizer: Any,
+    texts: list[str],
+    spans: Sequence[Sequence[Span]] | None = None,
+    *,
+    add_special_tokens: bool = False,
 ) -> tuple[list[list[int]], list[list[float]]]:
-    """Token ids of ``texts`` (no special tokens added) and, with ``spans``, per-token weights."""
+    """Token ids of ``texts`` and, with ``spans``, per-token weights. With
+    ``add_special_tokens`` the tokenizer adds what it adds itself (e.g. BOS)."""
     ids: list[list[int]] = []
     weights: list[list[float]] = []
     backend = _backend(tokenizer)
     for i in range(0, len(texts), BATCH):
         chunk = texts[i : i + BATCH]
         if backend is not None:
-            for j, enc in enumerate(backend.encode_batch(chunk, add_special_tokens=False)):
+            encoded = backend.encode_batch(chunk, add_special_tokens=add_special_tokens)
+            for j, enc in enumerate(encoded):
                 tok = enc.ids
                 ids.append(tok)
                 if spans is not None:
-                    weights.append(_span_weights(enc, len(tok), spans[i + j]))
+                    weights.append(_weights_from_spans(enc.offsets, spans[i + j]))
             continue
         out = tokenizer(
             chunk,
-            add_special_tokens=False,
+            add_special_tokens=add_special_tokens,
             return_offsets_mapping=spans is not None,
             return_attention_mask=False,
             return_token_type_ids=False,
@@ -189,7 +170,7 @@ def tokenize_sft(
     if max_seq_length < 2:
         raise DataConfigError(f"max_seq_length must be ≥ 2, got {max_seq_length}")
     stats = TokenizeStats(samples_in=len(records))
-    bos, eos = _special_id(tokenizer, "bos"), _special_id(tokenizer, "eos")
+    eos = _special_id(tokenizer, "eos")
     texts: list[str] = []
     spans: list[list[Span]] = []
     wrap: list[bool] = []  # add BOS/EOS around the encoding (non-chat formats)
@@ -212,17 +193,25 @@ def tokenize_sft(
             raise DataConfigError(
                 f"{r.origin}: a preference record needs method dpo (tokenize_preference)"
             )
-    ids, all_weights = _encode(tokenizer, texts, spans)
+    # chat renderings hold their special tokens; other text gets what the tokenizer adds
+    # itself (BOS for Llama, nothing for Qwen or GPT-2), as in transformers and TRL
+    ids: list[list[int]] = [[] for _ in records]
+    all_weights: list[list[float]] = [[] for _ in records]
+    for special in (False, True):
+        idx = [i for i, w in enumerate(wrap) if w == special]
+        if not idx:
+            continue
+        got_ids, got_w = _encode(
+            tokenizer, [texts[i] for i in idx], [spans[i] for i in idx], add_special_tokens=special
+        )
+        for k, i in enumerate(idx):
+            ids[i], all_weights[i] = got_ids[k], got_w[k]
     out: list[TokenizedSample] = []
     for r, tok, weights, w in zip(records, ids, all_weights, wrap, strict=True):
         tok = list(tok)
-        if w:
-            if bos is not None:
-                tok.insert(0, bos)
-                weights.insert(0, 0.0)
-            if eos is not None:
-                tok.append(eos)
-                weights.append(1.0)
+        if w and eos is not None and (not tok or tok[-1] != eos):
+            tok.append(eos)  # the model learns to stop
+            weights.append(1.0)
         if weights:
             weights[0] = 0.0
         stats.raw_lengths.append(len(tok))
