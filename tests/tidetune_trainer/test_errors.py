@@ -41,12 +41,19 @@ def test_bad_data_names_file_and_line(tmp_path: Path) -> None:
     assert "robot" in message
 
 
-def test_grpo_is_not_yet_supported(tmp_path: Path, chat_data: Path) -> None:
+def test_grpo_reward_function_without_a_source_names_the_rule(
+    tmp_path: Path, chat_data: Path
+) -> None:
+    fn = {"function": {"configMapRef": {"name": "gone", "key": "reward.py"}}, "weight": 1.0}
     job = write_job(
-        tmp_path / "job.yaml", chat_data, method="grpo", rl={"rewards": [{"preset": "exact-match"}]}
+        tmp_path / "job.yaml",
+        chat_data,
+        method="grpo",
+        rl={"rewards": [{"preset": "exact-match"}, fn]},
     )
     message = _run_failing(tmp_path, job)
-    assert "spec.method" in message and "not yet supported" in message
+    assert message.startswith("spec.rl.rewards[1] (gone/reward.py:reward): no source")
+    assert "ConfigMap 'gone' key 'reward.py'" in message
 
 
 def test_load_in_4bit_without_cuda_names_the_field(tmp_path: Path, chat_data: Path) -> None:

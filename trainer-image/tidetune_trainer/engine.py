@@ -271,6 +271,8 @@ class Engine:
         self.total_steps = total_steps
         self.deepspeed = use_deepspeed(cfg)
         self._last_grad_norm: float | None = None
+        #: state-dict prefixes of modules that are trained but not exported (PPO's v_head)
+        self.extra_prefixes: tuple[str, ...] = ()
 
     # ------------------------------------------------------------------ creation
 
@@ -313,11 +315,24 @@ class Engine:
 
     @classmethod
     def create(
-        cls, cfg: TrainConfig, accelerator: Any, model: torch.nn.Module, total_steps: int
+        cls,
+        cfg: TrainConfig,
+        accelerator: Any,
+        model: torch.nn.Module,
+        total_steps: int,
+        *,
+        extra_modules: dict[str, torch.nn.Module] | None = None,
     ) -> Engine:
         """Apply the tuning (LoRA/full), build AdamW and the LR schedule, and let
-        Accelerate/DeepSpeed wrap them. ``model`` is the freshly loaded base model."""
+        Accelerate/DeepSpeed wrap them. ``model`` is the freshly loaded base model.
+
+        ``extra_modules`` (e.g. PPO's ``v_head``) are attached to the tuned model as
+        trainable submodules: trained, checkpointed and resumed with it, never exported."""
         model = apply_tuning(model, cfg)
+        for name, module in (extra_modules or {}).items():
+            for p in module.parameters():
+                p.requires_grad_(True)
+            setattr(model, name, module)
         if cfg.tuning == "lora" and hasattr(model, "enable_input_require_grads"):
             # keeps gradient checkpointing and k-bit models trainable through the adapter
             model.enable_input_require_grads()  # type: ignore[operator]
@@ -334,7 +349,9 @@ class Engine:
         )
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, total_steps))
         wrapped_model, wrapped_opt = accelerator.prepare(model, optimizer)
-        return cls(cfg, accelerator, wrapped_model, wrapped_opt, scheduler, total_steps)
+        engine = cls(cfg, accelerator, wrapped_model, wrapped_opt, scheduler, total_steps)
+        engine.extra_prefixes = tuple(f"{n}." for n in (extra_modules or {}))
+        return engine
 
     # ------------------------------------------------------------------ identity
 
@@ -561,6 +578,8 @@ class Engine:
                 model.save_pretrained(str(directory), state_dict=adapter, safe_serialization=True)
         else:
             full = self.full_state_dict()
+            if self.extra_prefixes:
+                full = {k: v for k, v in full.items() if not k.startswith(self.extra_prefixes)}
             if self.is_main:
                 _save_full_model(model, full, directory, merge=merge and is_peft)
         if self.is_main and tokenizer is not None:

@@ -128,6 +128,23 @@ class DataOrder:
         return order[start : start + self.batch_size]
 
 
+def rl_metrics(means: dict[str, float], step_seconds: float) -> dict[str, float]:
+    """The metrics an RL objective reports, from its per-step means: ``reward`` (weighted
+    total), ``rewardStd``, ``rewards/<i>``, ``kl``, ``entropy``, ``completionLength``,
+    ``clipFraction``, ``rolloutTimeShare`` (share of the step spent sampling and scoring)…"""
+    out = {
+        k: v for k, v in means.items() if k not in ("rewardSq", "rolloutSeconds", "rewardSeconds")
+    }
+    if "reward" in means and "rewardSq" in means:
+        out["rewardStd"] = math.sqrt(max(0.0, means["rewardSq"] - means["reward"] ** 2))
+    if "rolloutSeconds" in means and step_seconds > 0:
+        # rolloutSeconds is averaged over ranks: each rank samples its own share
+        out["rolloutTimeShare"] = min(1.0, means["rolloutSeconds"] / step_seconds)
+    if "rewardSeconds" in means and step_seconds > 0:
+        out["rewardTimeShare"] = min(1.0, means["rewardSeconds"] / step_seconds)
+    return out
+
+
 def total_steps(cfg: TrainConfig, steps_per_epoch: int) -> int:
     """maxSteps when set, else epochs × steps per epoch."""
     return cfg.max_steps if cfg.max_steps is not None else cfg.epochs * steps_per_epoch
@@ -299,6 +316,9 @@ class TrainingLoop:
                 rows = [self.train_rows[i] for i in idx]
                 tokens += sum(self.objective.row_tokens(r) for r in rows)
                 batches.append(self.objective.collate(rows))
+            rollout = getattr(self.objective, "rollout", None)
+            if rollout is not None:  # RL: sample and score with the current policy first
+                batches = rollout(engine, batches, st.step)
             local_units = sum(self.objective.units(b) for b in batches)
             (units,) = engine.all_reduce_sum([local_units])
             if units <= 0:
@@ -306,29 +326,43 @@ class TrainingLoop:
             lr_used = engine.learning_rate
             loss_total = 0.0
             extras: dict[str, float] = {}
-            for j, batch in enumerate(batches):
-                batch = {k: v.to(engine.device) for k, v in batch.items()}
-                with engine.forward_context():
-                    s, ex = self.objective.loss_sum(engine, batch)
-                engine.backward(s * (engine.world_size / units), last_micro_step=j == gas - 1)
-                loss_total += float(s.detach())
-                for k, v in ex.items():
-                    extras[k] = extras.get(k, 0.0) + v
-            grad_norm = engine.step()
+            updates = int(getattr(self.objective, "updates_per_step", 1))
+            for _update in range(updates):  # > 1: PPO epochs on one rollout
+                for j, batch in enumerate(batches):
+                    batch = {k: v.to(engine.device) for k, v in batch.items()}
+                    with engine.forward_context():
+                        s, ex = self.objective.loss_sum(engine, batch)
+                    engine.backward(s * (engine.world_size / units), last_micro_step=j == gas - 1)
+                    loss_total += float(s.detach()) / updates
+                    for k, v in ex.items():
+                        extras[k] = extras.get(k, 0.0) + v / updates
+                grad_norm = engine.step()
+            stat_fn = getattr(self.objective, "step_stats", None)
+            stats: dict[str, tuple[float, float]] = stat_fn() if stat_fn is not None else {}
             if self.step_delay:
                 time.sleep(self.step_delay)  # test facility (see the module doc)
             st.step += 1
             st.micro_index += gas
             stop_here = self.stop_at_step is not None and st.step == self.stop_at_step
             keys = sorted(extras)
+            skeys = sorted(stats)
             sums = engine.all_reduce_sum(
                 [loss_total, float(tokens), 1.0 if (self.stop.requested or stop_here) else 0.0]
                 + [extras[k] for k in keys]
+                + [x for k in skeys for x in stats[k]]
             )
             step_loss = sums[0] / units
             st.trained_tokens += int(sums[1])
             stop_now = sums[2] > 0
             extra_means = {k: sums[3 + i] / units for i, k in enumerate(keys)}
+            base = 3 + len(keys)
+            stat_means = {
+                k: sums[base + 2 * i] / sums[base + 2 * i + 1]
+                for i, k in enumerate(skeys)
+                if sums[base + 2 * i + 1] > 0
+            }
+            if stat_means:
+                extra_means.update(rl_metrics(stat_means, time.monotonic() - t0))
             st.elapsed_seconds = time.monotonic() - t_start
             result.losses.append(step_loss)
             log_loss += sums[0]

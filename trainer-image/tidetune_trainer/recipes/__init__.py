@@ -1,8 +1,8 @@
 """Training recipes, one file per method (torchtune style): setup, train, save.
 
 ``get_recipe(method)`` returns the recipe's ``run(session)`` function. Methods: ``sft``
-(:mod:`.sft`), ``cpt`` (:mod:`.cpt`), ``dpo`` (:mod:`.dpo`). ``grpo`` and ``ppo`` are part
-of the API but not yet supported by this trainer: :func:`get_recipe` raises
+(:mod:`.sft`), ``cpt`` (:mod:`.cpt`), ``dpo`` (:mod:`.dpo`), ``grpo`` (:mod:`.grpo`) and
+``ppo`` (:mod:`.ppo`). An unknown method raises
 :class:`~tidetune_trainer.errors.UnsupportedError` naming ``spec.method``.
 """
 
@@ -19,14 +19,15 @@ RECIPES: dict[str, str] = {
     "sft": "tidetune_trainer.recipes.sft",
     "cpt": "tidetune_trainer.recipes.cpt",
     "dpo": "tidetune_trainer.recipes.dpo",
+    "grpo": "tidetune_trainer.recipes.grpo",
+    "ppo": "tidetune_trainer.recipes.ppo",
 }
 
 
 def get_recipe(method: str) -> Callable[[Any], None]:
     """The ``run(session)`` of ``method``'s recipe.
 
-    Raises :class:`UnsupportedError` for ``grpo``/``ppo`` (not yet supported) and unknown
-    methods.
+    Raises :class:`UnsupportedError` for unknown methods.
     """
     module = RECIPES.get(method)
     if module is None:

@@ -1,0 +1,171 @@
+"""GRPO / DAPO / PPO jobs through the real trainer process on the tiny model (CPU).
+
+Exact resume: a run stopped at a step boundary and resumed gives the same rewards and
+losses as an uninterrupted one (sampling is seeded per step, not by the global RNG).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tidetune import exitcodes
+
+from ..conftest import explain, metrics, run_trainer, write_job
+
+pytestmark = pytest.mark.trainer
+
+RL = {
+    "numGenerations": 4,
+    "maxCompletionLength": 10,
+    "rewards": [
+        {"preset": "numeric-match", "weight": 1.0},
+        {"preset": "length-target", "params": {"target": 8}, "weight": 0.5},
+        {
+            "function": {"configMapRef": {"name": "r", "key": "reward.py"}, "entrypoint": "score"},
+            "weight": 0.25,
+        },
+    ],
+}
+SOURCE = (
+    "def score(prompts, completions, **columns):\n"
+    "    return [float(c.count('1')) for c in completions]\n"
+)
+
+
+@pytest.fixture(scope="module")
+def arithmetic(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("rl") / "arith.jsonl"
+    rows = [
+        {"question": f"{a} + {b} =", "answer": f"{a + b}", "level": a % 3}
+        for a in range(1, 9)
+        for b in range(1, 5)
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def rl_job(tmp_path: Path, data: Path, **over: Any) -> tuple[Path, dict[str, str]]:
+    sources = tmp_path / "sources" / "r"
+    sources.mkdir(parents=True, exist_ok=True)
+    (sources / "reward.py").write_text(SOURCE)
+    spec: dict[str, Any] = {
+        "method": "grpo",
+        "data": {
+            "train": {
+                "format": "prompt-completion",
+                "promptColumn": "question",
+                "responseColumn": "answer",
+            },
+            "validation": None,
+        },
+        "rl": RL,
+        "hyperparameters": {
+            "maxSteps": 6,
+            "batchSize": 2,
+            "maxSeqLength": 48,
+            "learningRate": 0.003,
+        },
+        "checkpointing": {"everySteps": 3, "keep": 2},
+    }
+    for k, v in over.items():
+        spec[k] = {**spec[k], **v} if isinstance(v, dict) and isinstance(spec.get(k), dict) else v
+    job = write_job(tmp_path / "job.yaml", data, **spec)
+    return job, {"TIDETUNE_REWARD_SOURCES": str(tmp_path / "sources")}
+
+
+KEYS = {
+    "reward",
+    "rewardStd",
+    "rewards/0",
+    "rewards/1",
+    "rewards/2",
+    "kl",
+    "entropy",
+    "completionLength",
+    "clipFraction",
+    "rolloutTimeShare",
+}
+
+
+def test_grpo_exact_resume_with_the_metrics(tmp_path: Path, arithmetic: Path) -> None:
+    job, env = rl_job(tmp_path, arithmetic)
+    full = run_trainer(job, tmp_path / "full", env=env)
+    assert full.returncode == 0, explain(full)
+    lines = [m for m in metrics(tmp_path / "full") if "loss" in m]
+    assert len(lines) == 6
+    assert set(lines[0]) >= KEYS, sorted(lines[0])
+    for m in lines:
+        assert m["reward"] == pytest.approx(
+            m["rewards/0"] * 1.0 + m["rewards/1"] * 0.5 + m["rewards/2"] * 0.25, abs=1e-5
+        )
+        assert 0 < m["rolloutTimeShare"] <= 1 and m["completionLength"] <= 10
+    samples = [
+        json.loads(x) for x in (tmp_path / "full" / "samples.jsonl").read_text().splitlines()
+    ]
+    assert samples and {"step", "prompt", "completion", "reward", "rewards"} <= set(samples[0])
+    assert len(samples[0]["rewards"]) == 3
+    assert (tmp_path / "full" / "output").exists() or full.returncode == 0
+
+    first = run_trainer(job, tmp_path / "int", env={**env, "TIDETUNE_STOP_AT_STEP": "4"})
+    assert first.returncode == exitcodes.PREEMPTED, explain(first)
+    second = run_trainer(job, tmp_path / "int", env=env)
+    assert second.returncode == 0, explain(second)
+    assert "resumed from" in second.stderr
+    a = [
+        (m["loss"], m["reward"], m["rewards/2"]) for m in metrics(tmp_path / "full") if "loss" in m
+    ]
+    b = [(m["loss"], m["reward"], m["rewards/2"]) for m in metrics(tmp_path / "int") if "loss" in m]
+    assert a == b  # exactly equal
+
+
+def test_dapo_full_tuning(tmp_path: Path, arithmetic: Path) -> None:
+    job, env = rl_job(
+        tmp_path,
+        arithmetic,
+        tuning={"type": "full", "lora": None},
+        rl={"lossType": "dapo", "beta": 0.0},
+        hyperparameters={"maxSteps": 3},
+    )
+    proc = run_trainer(job, tmp_path / "run", env=env)
+    assert proc.returncode == 0, explain(proc)
+    lines = [m for m in metrics(tmp_path / "run") if "loss" in m]
+    assert len(lines) == 3 and "zeroStdFraction" in lines[0] and "kl" not in lines[0]
+
+
+def test_ppo_lora_several_epochs(tmp_path: Path, arithmetic: Path) -> None:
+    job, env = rl_job(
+        tmp_path,
+        arithmetic,
+        method="ppo",
+        rl={"epochsPerRollout": 2, "beta": 0.05},
+        hyperparameters={"maxSteps": 3},
+    )
+    proc = run_trainer(job, tmp_path / "run", env=env)
+    assert proc.returncode == 0, explain(proc)
+    lines = [m for m in metrics(tmp_path / "run") if "loss" in m]
+    assert len(lines) == 3 and "valueLoss" in lines[0] and "kl" in lines[0]
+    final = next((tmp_path / "run").rglob("adapter_model.safetensors"))
+    from safetensors import safe_open
+
+    with safe_open(str(final), "pt") as f:
+        assert not any("v_head" in k for k in f.keys())  # noqa: SIM118
+
+
+def test_a_broken_reward_function_fails_the_job_naming_the_rule(
+    tmp_path: Path, arithmetic: Path
+) -> None:
+    job, env = rl_job(tmp_path, arithmetic, hyperparameters={"maxSteps": 2})
+    (tmp_path / "sources" / "r" / "reward.py").write_text(
+        "def score(prompts, completions, **columns):\n"
+        "    return [columns['nope'][0]] * len(completions)\n"
+    )
+    term = tmp_path / "term"
+    proc = run_trainer(job, tmp_path / "run", env={**env, "TIDETUNE_TERMINATION_LOG": str(term)})
+    assert proc.returncode == exitcodes.BAD_INPUT, explain(proc)
+    message = term.read_text()
+    assert message.startswith("spec.rl.rewards[2] (r/reward.py:score): KeyError: 'nope'"), message
+    assert "reward.py, line 2, in score" in message and "Traceback" not in message

@@ -1,0 +1,435 @@
+"""GRPO (grpo / dapo / dr_grpo) and PPO as objectives of the shared training loop.
+
+The loop (:mod:`tidetune_trainer.loop`) collates each micro-batch's prompts, then calls
+:meth:`RLObjective.rollout` once per optimizer step: for every prompt it samples
+``numGenerations`` completions with the current policy (one batched generation per
+micro-batch with a KV cache, seeded by ``(seed, step, rank, micro-batch)`` so a resumed
+run samples exactly what an uninterrupted one would), scores them with the reward
+rules, and computes what the loss needs (advantages, the sampling policy's and the
+reference's log-probabilities, PPO's values and returns). The loop then runs
+``epochsPerRollout`` optimizer updates on that rollout.
+
+GRPO: advantages are group-relative (reward − group mean, / group std except for
+dr_grpo); ``dapo`` also leaves groups whose rewards all agree out of the loss (their
+advantages are all 0: "dynamic sampling" without resampling, so the data order stays
+exact), clips asymmetrically (epsilonHigh, default 0.28) and adds the soft overlong
+penalty to the reward. PPO: a value head on the policy's last hidden state, per-token
+rewards ``−β·(log π_old − log π_ref)`` plus the score on the last token, GAE, whitened
+advantages, clipped policy and value losses.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from tidetune_trainer.rl import algorithms as A
+from tidetune_trainer.rl.data import RlPrompt
+from tidetune_trainer.rl.rewards import RewardSet
+
+
+@dataclass(frozen=True)
+class RLSettings:
+    """What the objective needs from ``spec.rl`` (flattened)."""
+
+    method: str = "grpo"
+    loss_type: str = "grpo"
+    num_generations: int = 4
+    max_completion_length: int = 64
+    beta: float = 0.04
+    epsilon: float = 0.2
+    epsilon_high: float | None = None
+    temperature: float = 1.0
+    epochs_per_rollout: int | None = None
+    overlong_buffer: int | None = None
+    gamma: float = 1.0
+    gae_lambda: float = 0.95
+    value_coef: float = 0.1
+    value_clip: float = 0.2
+    sample_every_steps: int = 10
+    seed: int = 42
+
+    @classmethod
+    def from_spec(cls, spec: Any) -> RLSettings:
+        rl = spec.rl
+        return cls(
+            method=str(spec.method.value),
+            loss_type=str(rl.loss_type.value),
+            num_generations=rl.num_generations,
+            max_completion_length=rl.max_completion_length,
+            beta=rl.beta,
+            epsilon=rl.epsilon,
+            epsilon_high=rl.epsilon_high,
+            temperature=rl.temperature,
+            epochs_per_rollout=rl.epochs_per_rollout,
+            overlong_buffer=rl.overlong_buffer,
+            gamma=rl.gamma,
+            gae_lambda=rl.gae_lambda,
+            value_coef=rl.value_coef,
+            sample_every_steps=rl.sample_every_steps,
+            seed=spec.hyperparameters.seed,
+        )
+
+    @property
+    def updates(self) -> int:
+        if self.epochs_per_rollout is not None:
+            return self.epochs_per_rollout
+        return 4 if self.method == "ppo" else 1
+
+    @property
+    def clip(self) -> A.ClipSettings:
+        high = self.epsilon_high
+        if high is None:
+            high = 0.28 if self.loss_type == "dapo" else self.epsilon
+        return A.ClipSettings(self.epsilon, high, self.beta)
+
+    @property
+    def effective_loss(self) -> str:
+        return "ppo" if self.method == "ppo" else self.loss_type
+
+
+def step_generator(
+    seed: int, step: int, rank: int, micro: int, device: torch.device
+) -> torch.Generator:
+    """The sampling RNG of one micro-batch of one step (independent of everything else)."""
+    h = hashlib.sha256(f"tidetune-rollout/{seed}/{step}/{rank}/{micro}".encode()).digest()
+    g = torch.Generator(device=device)
+    g.manual_seed(int.from_bytes(h[:8], "little") & ((1 << 63) - 1))
+    return g
+
+
+@torch.no_grad()
+def generate(
+    model: Any,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    *,
+    max_new_tokens: int,
+    temperature: float,
+    stop_ids: Sequence[int],
+    pad_id: int,
+    generator: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sample completions for left-padded prompts ``[N, P]`` with a KV cache: one
+    forward over the prompts, then one token per step for all rows at once. Returns
+    (completion ids ``[N, C]`` right-padded with ``pad_id``, mask ``[N, C]``: 1 up to and
+    including each row's stop token). ``C`` ≤ ``max_new_tokens`` (it ends early when
+    every row has stopped)."""
+    n = prompt_ids.shape[0]
+    device = prompt_ids.device
+    stop = torch.tensor(list(stop_ids) or [-1], device=device)
+    out = model(input_ids=prompt_ids, attention_mask=prompt_mask, use_cache=True)
+    past = out.past_key_values
+    logits = out.logits[:, -1, :]
+    attn = prompt_mask
+    tokens: list[torch.Tensor] = []
+    alive = torch.ones(n, dtype=torch.bool, device=device)
+    masks: list[torch.Tensor] = []
+    for t in range(max_new_tokens):
+        probs = torch.softmax(logits.float() / temperature, dim=-1)
+        nxt = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+        nxt = torch.where(alive, nxt, torch.full_like(nxt, pad_id))
+        tokens.append(nxt)
+        masks.append(alive.clone())
+        alive = alive & ~torch.isin(nxt, stop)
+        if not bool(alive.any()) or t == max_new_tokens - 1:
+            break
+        attn = torch.cat([attn, torch.ones(n, 1, dtype=attn.dtype, device=device)], dim=1)
+        out = model(
+            input_ids=nxt.unsqueeze(1), attention_mask=attn, past_key_values=past, use_cache=True
+        )
+        past = out.past_key_values
+        logits = out.logits[:, -1, :]
+    return torch.stack(tokens, dim=1), torch.stack(masks, dim=1).to(torch.long)
+
+
+def left_pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        if s:
+            ids[i, width - len(s) :] = torch.tensor(list(s), dtype=torch.long)
+            mask[i, width - len(s) :] = 1
+    return ids, mask
+
+
+@dataclass
+class Samples:
+    """Sample completions written to ``samples.jsonl`` every ``sampleEverySteps``."""
+
+    lines: list[dict[str, Any]] = field(default_factory=list)
+
+
+class RLObjective:
+    """GRPO / DAPO / Dr. GRPO / PPO for the shared loop (see the module doc)."""
+
+    def __init__(
+        self,
+        settings: RLSettings,
+        rewards: RewardSet,
+        tokenizer: Any,
+        stop_ids: Sequence[int],
+        *,
+        reference: torch.nn.Module | None = None,
+        value_head: torch.nn.Module | None = None,
+    ) -> None:
+        self.s = settings
+        self.rewards = rewards
+        self.tokenizer = tokenizer
+        self.pad_id = int(tokenizer.pad_token_id)
+        self.stop_ids = list(stop_ids)
+        self.reference = reference
+        self.value_head = value_head
+        self.updates_per_step = settings.updates
+        self._rows: list[RlPrompt] = []
+        self._stats: dict[str, list[float]] = {}
+        self.samples: list[dict[str, Any]] = []
+        #: called on rank 0 with sample completions every ``sampleEverySteps``
+        self.sample_sink: Callable[[list[dict[str, Any]]], None] | None = None
+
+    # ------------------------------------------------------------------ loop protocol
+
+    def collate(self, rows: Sequence[RlPrompt]) -> dict[str, torch.Tensor]:
+        ids, mask = left_pad([r.prompt_ids for r in rows], self.pad_id)
+        start = len(self._rows)
+        self._rows.extend(rows)
+        return {
+            "prompt_ids": ids,
+            "prompt_mask": mask,
+            "row_ids": torch.arange(start, start + len(rows), dtype=torch.long),
+        }
+
+    def row_tokens(self, row: RlPrompt) -> int:
+        return len(row) * self.s.num_generations
+
+    def units(self, batch: dict[str, torch.Tensor]) -> float:
+        if "completion_mask" not in batch:  # before the rollout
+            return float(batch["prompt_ids"].shape[0] * self.s.num_generations)
+        mask = batch["completion_mask"] * batch["keep"].unsqueeze(1)
+        loss = self.s.effective_loss
+        if loss in ("dapo", "ppo"):
+            return float(mask.sum())
+        return float(batch["keep"].sum())
+
+    def _add(self, key: str, total: float, count: float) -> None:
+        cur = self._stats.setdefault(key, [0.0, 0.0])
+        cur[0] += total
+        cur[1] += count
+
+    def step_stats(self) -> dict[str, tuple[float, float]]:
+        """(sum, count) per metric since the last call; the loop averages over ranks."""
+        out = {k: (v[0], v[1]) for k, v in self._stats.items()}
+        self._stats = {}
+        return out
+
+    # ------------------------------------------------------------------ rollout
+
+    def _reference_logps(
+        self, engine: Any, ids: torch.Tensor, attn: torch.Tensor, c: int
+    ) -> torch.Tensor:
+        if self.reference is not None:
+            lp, _, _ = A.completion_logps(self.reference, ids, attn, c, self.s.temperature)
+            return lp
+        model = engine.unwrapped()
+        ctx = (
+            model.disable_adapter()
+            if hasattr(model, "disable_adapter")
+            else contextlib.nullcontext()
+        )
+        with ctx:
+            lp, _, _ = A.completion_logps(model, ids, attn, c, self.s.temperature)
+        return lp
+
+    def rollout(
+        self, engine: Any, batches: list[dict[str, torch.Tensor]], step: int
+    ) -> list[dict[str, torch.Tensor]]:
+        """Generate, score and prepare every micro-batch of a step (see the module doc)."""
+        t0 = time.monotonic()
+        s, g = self.s, self.s.num_generations
+        out: list[dict[str, torch.Tensor]] = []
+        engine.train_mode(False)
+        model = engine.unwrapped()
+        h: torch.Tensor | None = None
+        device = engine.device
+        reward_seconds = 0.0
+        try:
+            for j, batch in enumerate(batches):
+                rows = [self._rows[int(i)] for i in batch["row_ids"]]
+                p_ids = batch["prompt_ids"].repeat_interleave(g, dim=0).to(device)
+                p_mask = batch["prompt_mask"].repeat_interleave(g, dim=0).to(device)
+                gen = step_generator(s.seed, step, engine.rank, j, device)
+                with engine.forward_context():
+                    comp, c_mask = generate(
+                        model,
+                        p_ids,
+                        p_mask,
+                        max_new_tokens=s.max_completion_length,
+                        temperature=s.temperature,
+                        stop_ids=self.stop_ids,
+                        pad_id=self.pad_id,
+                        generator=gen,
+                    )
+                texts = self.tokenizer.batch_decode(
+                    [c[m.bool()].tolist() for c, m in zip(comp.cpu(), c_mask.cpu(), strict=True)],
+                    skip_special_tokens=True,
+                )
+                prompts = [r.text for r in rows for _ in range(g)]
+                keys = sorted({k for r in rows for k in r.columns})
+                columns = {k: [r.columns.get(k) for r in rows for _ in range(g)] for k in keys}
+                tr = time.monotonic()
+                per_rule, totals = self.rewards.score(prompts, texts, columns)
+                reward_seconds += time.monotonic() - tr
+                rewards = torch.tensor(totals, dtype=torch.float32, device=device)
+                lengths = c_mask.sum(-1)
+                if s.loss_type == "dapo" and s.method == "grpo":
+                    buf = s.overlong_buffer or max(1, s.max_completion_length // 4)
+                    rewards = rewards + A.overlong_penalty(lengths, s.max_completion_length, buf)
+                ids = torch.cat([p_ids, comp], dim=1)
+                attn = torch.cat([p_mask, c_mask], dim=1)
+                c = comp.shape[1]
+                new: dict[str, torch.Tensor] = {
+                    "input_ids": ids,
+                    "attention_mask": attn,
+                    "completion_mask": c_mask.float(),
+                }
+                with torch.no_grad(), engine.forward_context():
+                    need_old = self.updates_per_step > 1 or s.method == "ppo"
+                    if need_old:
+                        old, _, h = A.completion_logps(
+                            model, ids, attn, c, s.temperature, hidden=s.method == "ppo"
+                        )
+                        new["old_logps"] = old.float()
+                    if s.beta != 0.0 or s.method == "ppo":
+                        new["ref_logps"] = self._reference_logps(engine, ids, attn, c).float()
+                keep = torch.ones(ids.shape[0], device=device)
+                if s.method == "ppo":
+                    assert self.value_head is not None and h is not None
+                    with torch.no_grad():
+                        values = self.value_head(h.to(self._value_dtype())).squeeze(-1).float()
+                    values = values * new["completion_mask"]
+                    kl = new["old_logps"] - new["ref_logps"]
+                    token_rewards = -s.beta * kl * new["completion_mask"]
+                    last = (lengths - 1).clamp(min=0)
+                    token_rewards[torch.arange(len(last)), last] += rewards
+                    adv, returns = A.gae(
+                        token_rewards, values, new["completion_mask"], s.gamma, s.gae_lambda
+                    )
+                    new["advantages"] = A.whiten(adv, new["completion_mask"])
+                    new["returns"] = returns
+                    new["old_values"] = values
+                else:
+                    adv, std = A.group_advantages(rewards, g, scale=s.loss_type != "dr_grpo")
+                    new["advantages"] = adv
+                    zero = (std < 1e-6).float().repeat_interleave(g)
+                    self._add("zeroStdFraction", float(zero.sum()), float(len(zero)))
+                    if s.loss_type == "dapo":
+                        keep = 1.0 - zero
+                new["keep"] = keep
+                out.append({k: v.detach() for k, v in new.items()})
+                # metrics (sums and counts; the loop averages over ranks)
+                n = len(totals)
+                self._add("reward", float(sum(totals)), n)
+                self._add("rewardSq", float(sum(x * x for x in totals)), n)
+                for i, sc in enumerate(per_rule):
+                    self._add(f"rewards/{i}", float(sum(sc)), n)
+                self._add("completionLength", float(lengths.sum()), n)
+                self._add(
+                    "truncatedFraction",
+                    float((c_mask[:, -1] > 0).sum()) if c == s.max_completion_length else 0.0,
+                    n,
+                )
+                if j == 0 and ((step + 1) % s.sample_every_steps == 0 or step == 0):
+                    for k in range(min(2 * g, n)):
+                        self.samples.append(
+                            {
+                                "step": step + 1,
+                                "prompt": prompts[k],
+                                "completion": texts[k],
+                                "reward": totals[k],
+                                "rewards": [sc[k] for sc in per_rule],
+                            }
+                        )
+        finally:
+            engine.train_mode(True)
+            self._rows = []
+        if self.samples and self.sample_sink is not None and engine.is_main:
+            self.sample_sink(self.samples)
+        self.samples = []
+        self._add("rolloutSeconds", time.monotonic() - t0, 1.0)
+        self._add("rewardSeconds", reward_seconds, 1.0)
+        return out
+
+    def _value_dtype(self) -> torch.dtype:
+        assert self.value_head is not None
+        return next(self.value_head.parameters()).dtype
+
+    # ------------------------------------------------------------------ loss
+
+    def loss_sum(
+        self, engine: Any, batch: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        s = self.s
+        mask = batch["completion_mask"] * batch["keep"].unsqueeze(1)
+        c = mask.shape[1]
+        logps, ent, h = A.completion_logps(
+            engine.model,
+            batch["input_ids"],
+            batch["attention_mask"],
+            c,
+            s.temperature,
+            entropy=True,
+            hidden=s.method == "ppo",
+        )
+        old = batch.get("old_logps")
+        old = logps.detach() if old is None else old
+        clip = s.clip
+        if s.method == "ppo":
+            clip = A.ClipSettings(clip.epsilon_low, clip.epsilon_high, 0.0)  # KL is in the reward
+        token_loss, diag = A.clipped_token_loss(
+            logps, old, batch.get("ref_logps"), batch["advantages"], clip
+        )
+        loss, _ = A.reduce_loss(token_loss, mask, s.effective_loss, s.max_completion_length)
+        m = mask
+        tokens = float(m.sum())
+        if s.method == "ppo":
+            assert self.value_head is not None and h is not None
+            values = self.value_head(h.to(self._value_dtype())).squeeze(-1).float()
+            vl = A.value_loss(values, batch["old_values"], batch["returns"], s.value_clip)
+            vsum = (vl * m).sum()
+            loss = loss + s.value_coef * vsum
+            self._add("valueLoss", float(vsum.detach()), tokens)
+        with torch.no_grad():
+            self._add("clipFraction", float((diag["clipped"] * m).sum()), tokens)
+            if "kl" in diag:
+                self._add("kl", float((diag["kl"] * m).sum()), tokens)
+            if ent is not None:
+                self._add("entropy", float((ent * m).sum()), tokens)
+        return loss, {}
+
+
+class SampleWriter:
+    """Keeps ``samples.jsonl`` in the run location: the newest ``keep`` sample lines
+    (a resumed run continues the file)."""
+
+    FILE = "samples.jsonl"
+
+    def __init__(self, store: Any, run_key: str, keep: int = 500) -> None:
+        self.store = store
+        self.key = store.join(run_key, self.FILE)
+        self.keep = keep
+        self.lines: list[str] = []
+        if store.exists(self.key):
+            self.lines = [x for x in store.read_text(self.key).splitlines() if x.strip()]
+
+    def __call__(self, samples: list[dict[str, Any]]) -> None:
+        self.lines.extend(json.dumps(x, ensure_ascii=False) for x in samples)
+        self.lines = self.lines[-self.keep :]
+        self.store.write_text(self.key, "\n".join(self.lines) + "\n")
