@@ -56,7 +56,14 @@ async def operator_startup(settings: kopf.OperatorSettings, logger: kopf.Logger,
 async def _ensure_started() -> None:
     """Start the controller once kopf has logged in (login runs after startup)."""
     if CONTROLLER.kube is None and _CONNECTION:
-        await CONTROLLER.start(connect(_CONNECTION[0], CONFIG.request_timeout_seconds))
+        await CONTROLLER.start(
+            connect(_CONNECTION[0], CONFIG.request_timeout_seconds, relogin=_latest_token)
+        )
+
+
+def _latest_token() -> str | None:
+    """The token of kopf's latest login (kopf logs in again on its own 401s)."""
+    return _CONNECTION[0].token if _CONNECTION else None
 
 
 @kopf.on.cleanup()

@@ -6,6 +6,13 @@ the rare read (a Secret, a ConfigMap). It logs in with the same credentials kopf
 benchmark reports as requests per job. It identifies itself as :data:`USER_AGENT` (kopf
 sends ``kopf/<version>``), so API audit logs and the lab's RBAC recording can tell the two
 apart.
+
+Bearer tokens expire: the kubelet rotates a pod's projected ServiceAccount token (by
+swapping the file under ``/var/run/secrets/kubernetes.io/serviceaccount/``) long before
+it expires, and the API server refuses an expired one with 401. So the token is never
+baked in: a :class:`FileToken` re-reads the file whenever it changes, and on a 401 every
+token source is asked to refresh (the file is read again; a kubeconfig token asks kopf's
+latest login, which kopf renews on its own 401s) and the request is sent once more.
 """
 
 from __future__ import annotations
@@ -13,11 +20,15 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import logging
+import os
 import ssl
 import tempfile
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol
 
 import aiohttp
 import kopf
@@ -26,6 +37,80 @@ from tidetune import __version__
 
 #: The ``User-Agent`` of every request this client sends.
 USER_AGENT = f"tidetune-operator/{__version__}"
+#: Where the kubelet projects a pod's ServiceAccount token (and kopf reads it).
+SERVICE_ACCOUNT_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+
+log = logging.getLogger("tidetune.operator")
+
+
+class TokenSource(Protocol):
+    """Where the client's bearer token comes from."""
+
+    def current(self) -> str | None:
+        """The token to send now."""
+
+    def refresh(self) -> bool:
+        """The API server said 401: get the token afresh; True when it changed."""
+
+
+class StaticToken:
+    """A token given once (a kubeconfig's), renewed on a 401 by ``relogin`` when given
+    (the handlers pass kopf's latest login)."""
+
+    def __init__(self, token: str, relogin: Callable[[], str | None] | None = None) -> None:
+        self._token = token
+        self._relogin = relogin
+
+    def current(self) -> str | None:
+        return self._token
+
+    def refresh(self) -> bool:
+        fresh = self._relogin() if self._relogin is not None else None
+        if fresh and fresh != self._token:
+            self._token = fresh
+            return True
+        return False
+
+
+class FileToken:
+    """A token read from a file and read again whenever the file changes (inode, size or
+    modification time) — a projected ServiceAccount token — or on :meth:`refresh`."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self._stamp: tuple[int, int, int] | None = None
+        self._token: str | None = None
+        self.reads = 0
+
+    def _stat(self) -> tuple[int, int, int] | None:
+        try:
+            st = os.stat(self.path)  # follows the kubelet's ..data symlink
+        except OSError:
+            return None
+        return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+    def _read(self) -> bool:
+        try:
+            token = self.path.read_text(encoding="utf-8").strip()
+        except OSError as err:
+            log.warning("cannot read the API token %s: %s; keeping the last one", self.path, err)
+            return False
+        self.reads += 1
+        changed = bool(token) and token != self._token
+        if token:
+            self._token = token
+        return changed
+
+    def current(self) -> str | None:
+        stamp = self._stat()
+        if stamp is not None and stamp != self._stamp:
+            self._stamp = stamp
+            self._read()
+        return self._token
+
+    def refresh(self) -> bool:
+        self._stamp = self._stat()
+        return self._read()
 
 
 class ApiError(Exception):
@@ -82,10 +167,17 @@ EVENTS = Resource("", "v1", "events")
 class Kube:
     """The client. One aiohttp session; safe to share across tasks."""
 
-    def __init__(self, server: str, session: aiohttp.ClientSession, timeout: float) -> None:
+    def __init__(
+        self,
+        server: str,
+        session: aiohttp.ClientSession,
+        timeout: float,
+        token: TokenSource | None = None,
+    ) -> None:
         self.server = server.rstrip("/")
         self.session = session
         self.timeout = aiohttp.ClientTimeout(total=timeout)
+        self.token = token
         self.requests: Counter[str] = Counter()
 
     async def close(self) -> None:
@@ -98,21 +190,31 @@ class Kube:
         data = None if body is None else json.dumps(body)
         headers = {"Content-Type": content_type, "Accept": "application/json"}
         try:
-            async with self.session.request(
-                method, self.server + path, data=data, headers=headers, timeout=self.timeout
-            ) as resp:
-                text = await resp.text()
-                if resp.status >= 400:
-                    try:
-                        info = json.loads(text)
-                        message, reason = (
-                            str(info.get("message", text)),
-                            str(info.get("reason", "")),
-                        )
-                    except ValueError:
-                        message, reason = text[:500], ""
-                    raise ApiError(resp.status, message, reason)
-                return json.loads(text) if text else {}
+            for again in (True, False):
+                token = self.token.current() if self.token is not None else None
+                if token:
+                    headers["Authorization"] = f"Bearer {token}"
+                async with self.session.request(
+                    method, self.server + path, data=data, headers=headers, timeout=self.timeout
+                ) as resp:
+                    text = await resp.text()
+                    status = resp.status
+                if status == 401 and again and self.token is not None and self.token.refresh():
+                    log.info("API token refused (401); retrying with the renewed token")
+                    continue
+                break
+            if status >= 400:
+                try:
+                    info = json.loads(text)
+                    message, reason = (
+                        str(info.get("message", text)),
+                        str(info.get("reason", "")),
+                    )
+                except ValueError:
+                    message, reason = text[:500], ""
+                raise ApiError(status, message, reason)
+            result: dict[str, Any] = json.loads(text) if text else {}
+            return result
         except (TimeoutError, aiohttp.ClientError) as err:
             raise ApiError(0, f"{method} {path}: {type(err).__name__}: {err}") from err
 
@@ -187,14 +289,34 @@ def _temp_pem(data: str | bytes) -> str:
         return fh.name
 
 
-def connect(info: kopf.ConnectionInfo, timeout: float) -> Kube:
+def token_source(
+    info: kopf.ConnectionInfo,
+    relogin: Callable[[], str | None] | None = None,
+    token_file: str | os.PathLike[str] = SERVICE_ACCOUNT_TOKEN,
+) -> TokenSource | None:
+    """The token kopf logged in with, as a source that follows its rotation: the
+    ServiceAccount token file when that is where it came from, else the token itself
+    (renewed by ``relogin`` on a 401)."""
+    if not info.token:
+        return None
+    source = FileToken(token_file)
+    if source.current() == info.token:
+        return source
+    return StaticToken(info.token, relogin)
+
+
+def connect(
+    info: kopf.ConnectionInfo,
+    timeout: float,
+    relogin: Callable[[], str | None] | None = None,
+    token_file: str | os.PathLike[str] = SERVICE_ACCOUNT_TOKEN,
+) -> Kube:
     """A client for the cluster kopf logged in to."""
     headers: dict[str, str] = {"User-Agent": USER_AGENT}
     auth = None
-    if info.token:
-        headers["Authorization"] = f"Bearer {info.token}"
-    elif info.username and info.password:
+    token = token_source(info, relogin, token_file)
+    if token is None and info.username and info.password:
         auth = aiohttp.BasicAuth(info.username, info.password)
     connector = aiohttp.TCPConnector(ssl=_ssl_context(info), limit=64)
     session = aiohttp.ClientSession(connector=connector, headers=headers, auth=auth)
-    return Kube(info.server, session, timeout)
+    return Kube(info.server, session, timeout, token)

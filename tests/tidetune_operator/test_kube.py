@@ -1,0 +1,152 @@
+"""The operator's API client follows a rotating ServiceAccount token.
+
+A loopback aiohttp server accepts one bearer token at a time and answers 401 with the
+API server's ``Status`` body for any other, as kube-apiserver does for an expired token.
+The token file is rotated the way the kubelet does it (a new file swapped in by rename),
+and once in place (same inode, size and time) so that only a 401 can reveal the change.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import kopf
+import pytest
+import pytest_asyncio
+from aiohttp import web
+
+from tidetune_operator.kube import (
+    CONFIGMAPS,
+    ApiError,
+    FileToken,
+    StaticToken,
+    connect,
+)
+
+
+class ApiServer:
+    def __init__(self) -> None:
+        self.accepted = "token-a"
+        self.seen: list[str] = []
+
+    async def handle(self, request: web.Request) -> web.Response:
+        auth = request.headers.get("Authorization", "")
+        self.seen.append(auth.removeprefix("Bearer "))
+        if auth != f"Bearer {self.accepted}":
+            status = {
+                "kind": "Status",
+                "apiVersion": "v1",
+                "status": "Failure",
+                "message": "Unauthorized",
+                "reason": "Unauthorized",
+                "code": 401,
+            }
+            return web.json_response(status, status=401)
+        return web.json_response(
+            {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x"}}
+        )
+
+
+@pytest_asyncio.fixture
+async def server() -> AsyncIterator[tuple[ApiServer, str]]:
+    api = ApiServer()
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", api.handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        yield api, f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()
+
+
+def rotate(path: Path, token: str) -> None:
+    """As the kubelet does: write a new file beside it and rename it into place."""
+    new = path.with_name(path.name + ".new")
+    new.write_text(token)
+    os.replace(new, path)
+
+
+def rewrite_in_place(path: Path, token: str) -> None:
+    """Change the content but not the inode, size or modification time."""
+    before = path.stat()
+    with open(path, "r+", encoding="utf-8") as f:
+        f.write(token)
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = path.stat()
+    assert (after.st_ino, after.st_size, after.st_mtime_ns) == (
+        before.st_ino,
+        before.st_size,
+        before.st_mtime_ns,
+    )
+
+
+@pytest.mark.asyncio
+async def test_a_rotated_token_file_is_read_again(
+    server: tuple[ApiServer, str], tmp_path: Path
+) -> None:
+    api, url = server
+    token_file = tmp_path / "token"
+    token_file.write_text("token-a\n")
+    info = kopf.ConnectionInfo(server=url, token="token-a")
+    kube = connect(info, timeout=10, token_file=token_file)
+    try:
+        assert isinstance(kube.token, FileToken)
+        await kube.get(CONFIGMAPS, "x", "default")
+        # the kubelet rotates the file; the server accepts only the new token from now on
+        rotate(token_file, "token-b")
+        api.accepted = "token-b"
+        await kube.get(CONFIGMAPS, "x", "default")
+        assert api.seen == ["token-a", "token-b"]  # no 401: the change was seen first
+        # a change the file's stamp does not show: the 401 makes the client read it again
+        rewrite_in_place(token_file, "token-c")
+        api.accepted = "token-c"
+        await kube.get(CONFIGMAPS, "x", "default")
+        assert api.seen[2:] == ["token-b", "token-c"]
+        # a token nobody can renew: the 401 is the caller's, after one try
+        api.accepted = "token-z"
+        with pytest.raises(ApiError) as caught:
+            await kube.get(CONFIGMAPS, "x", "default")
+        assert caught.value.status == 401 and api.seen[4:] == ["token-c"]
+    finally:
+        await kube.close()
+
+
+@pytest.mark.asyncio
+async def test_a_kubeconfig_token_is_renewed_from_kopfs_login_on_401(
+    server: tuple[ApiServer, str], tmp_path: Path
+) -> None:
+    api, url = server
+    logins = ["token-a"]
+    info = kopf.ConnectionInfo(server=url, token="token-a")
+    kube = connect(info, timeout=10, relogin=lambda: logins[-1], token_file=tmp_path / "none")
+    try:
+        assert isinstance(kube.token, StaticToken)
+        await kube.get(CONFIGMAPS, "x", "default")
+        api.accepted = "token-b"
+        logins.append("token-b")  # kopf logged in again after its own 401
+        created: dict[str, Any] = await kube.create(
+            CONFIGMAPS, {"metadata": {"name": "x", "namespace": "default"}}
+        )
+        assert created["kind"] == "ConfigMap"
+        assert api.seen == ["token-a", "token-a", "token-b"]
+    finally:
+        await kube.close()
+
+
+def test_the_token_file_is_read_only_when_it_changes(tmp_path: Path) -> None:
+    path = tmp_path / "token"
+    path.write_text("one")
+    source = FileToken(path)
+    assert [source.current() for _ in range(5)] == ["one"] * 5 and source.reads == 1
+    rotate(path, "two")
+    assert source.current() == "two" and source.reads == 2
+    path.unlink()  # between the kubelet's swaps: keep the last token
+    assert source.current() == "two"
+    assert source.refresh() is False and source.current() == "two"
