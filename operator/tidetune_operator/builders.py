@@ -8,17 +8,19 @@ restarted operator finds what it already created instead of creating it twice.
 from __future__ import annotations
 
 import hashlib
+import re
 from datetime import datetime
 from typing import Any
 
 import yaml
 
 from tidetune import layout
-from tidetune.api import FineTuneJob
+from tidetune.api import FineTuneJob, ObjectMeta
+from tidetune.api.constants import API_VERSION, FINETUNEJOB_KIND, JOB_LABEL, KUEUE_QUEUE_LABEL
 from tidetune.api.constants import ATTEMPT_LABEL as ATTEMPT_LABEL
-from tidetune.api.constants import JOB_LABEL, KUEUE_QUEUE_LABEL
 from tidetune.api.idlepool import IdlePool
 from tidetune.layout import SPEC_FILE, SPEC_MOUNT, job_root, run_uri
+from tidetune.storage import DEFAULT_PVC_ROOT
 from tidetune_operator.config import OperatorConfig
 
 MAX_NAME = 63
@@ -59,10 +61,67 @@ def config_map_name(job: FineTuneJob) -> str:
     )
 
 
+#: a DNS-1035 label: what Kubeflow's webhooks require of a PyTorchJob's or TrainJob's
+#: name (its Services are named after it); a FineTuneJob's name need only be DNS-1123
+DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+#: put before a job name that does not start with a letter (``1st-run`` → ``ftj-1st-run``)
+LEADING_LETTER_PREFIX = "ftj-"
+
+
 def launcher_name(job: FineTuneJob, attempt: int) -> str:
-    """``<name>-<hash of uid>-<attempt>``: unique per job and attempt, stable across restarts."""
-    suffix = f"-{short_hash(job.metadata.uid or job.metadata.name)}-{attempt}"
-    return _truncate(job.metadata.name, MAX_LAUNCHER_NAME - len(suffix)) + suffix
+    """``<name>-<hash>-<attempt>``: unique per job and attempt, stable across restarts, and
+    a DNS-1035 label (at most :data:`MAX_LAUNCHER_NAME` characters, starting with a letter).
+
+    The hash is of the uid; for a name that needs the prefix it is of the name too, so
+    jobs whose names map to the same stem (``1a`` and ``ftj-1a``) get different launcher
+    names even without a uid. Names that start with a letter keep their earlier launcher
+    names.
+    """
+    name = job.metadata.name
+    uid = job.metadata.uid or name
+    if name[:1].isalpha():
+        stem, key = name, uid
+    else:
+        stem, key = LEADING_LETTER_PREFIX + name, f"{uid}/{name}"
+    suffix = f"-{short_hash(key)}-{attempt}"
+    return _truncate(stem, MAX_LAUNCHER_NAME - len(suffix)) + suffix
+
+
+def claims(job: FineTuneJob) -> list[str]:
+    """The PersistentVolumeClaims the spec's ``pvc://`` URIs name (model and data), in
+    order of first mention. (Output to a claim is refused by validation.)"""
+    data = job.spec.data
+    uris = [
+        job.spec.base_model.uri,
+        data.train.uri,
+        data.validation.uri if data.validation is not None else None,
+        data.mix_in.uri if data.mix_in is not None else None,
+    ]
+    out: list[str] = []
+    for uri in uris:
+        if uri and uri.startswith("pvc://"):
+            claim = uri.removeprefix("pvc://").split("/", 1)[0]
+            if claim and claim not in out:
+                out.append(claim)
+    return out
+
+
+def claim_volume_name(claim: str) -> str:
+    """A volume name (DNS-1123 label) for a claim name (a DNS-1123 subdomain)."""
+    return f"pvc-{_truncate(claim.replace('.', '-'), 48)}-{short_hash(claim)}"
+
+
+def claim_volumes(job: FineTuneJob) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Volumes and read-only mounts at ``/mnt/pvc/<claim>`` (where the trainer's storage
+    resolves ``pvc://<claim>/…``) for every claim the spec names."""
+    volumes, mounts = [], []
+    for claim in claims(job):
+        name = claim_volume_name(claim)
+        volumes.append(
+            {"name": name, "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}
+        )
+        mounts.append({"name": name, "mountPath": f"{DEFAULT_PVC_ROOT}/{claim}", "readOnly": True})
+    return volumes, mounts
 
 
 def owner_reference(job: FineTuneJob) -> dict[str, Any]:
@@ -240,6 +299,7 @@ def pod_template(
     ]
     if job.spec.model_scheme != "hf":
         env.append({"name": "HF_HUB_OFFLINE", "value": "1"})
+    claim_vols, claim_mounts = claim_volumes(job)
     container: dict[str, Any] = {
         "name": "pytorch",
         "image": config.trainer_image,
@@ -254,6 +314,7 @@ def pod_template(
             {"name": "spec", "mountPath": SPEC_MOUNT, "readOnly": True},
             {"name": "scratch", "mountPath": "/tmp"},
             {"name": "dshm", "mountPath": "/dev/shm"},
+            *claim_mounts,
         ],
         "terminationMessagePath": layout.TERMINATION_LOG_PATH,
         "terminationMessagePolicy": "FallbackToLogsOnError",
@@ -269,6 +330,7 @@ def pod_template(
             {"name": "spec", "configMap": {"name": config_map_name(job)}},
             {"name": "scratch", "emptyDir": {}},
             {"name": "dshm", "emptyDir": {"medium": "Memory"}},
+            *claim_vols,
         ],
     }
     if pool is not None:
@@ -339,7 +401,7 @@ def build_pytorchjob(
 
 
 def build_event(
-    job: FineTuneJob,
+    meta: ObjectMeta,
     reason: str,
     message: str,
     *,
@@ -347,22 +409,23 @@ def build_event(
     now: datetime,
     uid_hint: str,
 ) -> dict[str, Any]:
-    """A core/v1 Event about the job; the message is bounded (1 KiB)."""
+    """A core/v1 Event about the job (``meta``: its metadata); the message is bounded
+    (1 KiB)."""
     stamp = now.strftime("%Y-%m-%dT%H:%M:%SZ")
     return {
         "apiVersion": "v1",
         "kind": "Event",
         "metadata": {
-            "name": f"{job.metadata.name}.{short_hash(uid_hint, 10)}",
-            "namespace": job.metadata.namespace,
-            "labels": job_labels(job),
+            "name": f"{meta.name}.{short_hash(uid_hint, 10)}",
+            "namespace": meta.namespace,
+            "labels": {JOB_LABEL: meta.name, **MANAGED_BY},
         },
         "involvedObject": {
-            "apiVersion": job.api_version,
-            "kind": job.kind,
-            "name": job.metadata.name,
-            "namespace": job.metadata.namespace,
-            "uid": job.metadata.uid,
+            "apiVersion": API_VERSION,
+            "kind": FINETUNEJOB_KIND,
+            "name": meta.name,
+            "namespace": meta.namespace,
+            "uid": meta.uid,
         },
         "reason": reason,
         "message": message[:1024],

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import hashlib
 import logging
 import time
@@ -26,7 +27,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from tidetune.api import FineTuneJob, Phase, Reason
+from tidetune.api import FineTuneJob, ObjectMeta, Phase, Reason
 from tidetune.api.constants import JOB_LABEL, ConditionType
 from tidetune.api.idlepool import IdlePool
 from tidetune.clock import Clock, SystemClock
@@ -50,10 +51,12 @@ from tidetune_operator.reconcile import (
     ActionKind,
     ArtifactCheck,
     Decision,
+    LaunchRefusal,
     World,
     decide,
+    decide_invalid,
 )
-from tidetune_operator.status import iso, parse_time
+from tidetune_operator.status import parse_time
 
 log = logging.getLogger("tidetune.operator")
 
@@ -61,6 +64,19 @@ JobKey = tuple[str, str]
 QueueKey = tuple[str, str, str]  # ("job", namespace, name) or ("pool", "", name)
 
 ACTIVE_PHASES = {Phase.RUNNING, Phase.EXPORTING}
+#: HTTP codes with which the API server refuses a create (a webhook or schema says invalid;
+#: RBAC, a quota or an admission plugin says no; the kind is not installed)
+REFUSALS = (400, 403, 404, 422)
+
+
+class LaunchRefusedError(Exception):
+    """Creating what a launch needs was refused; carried to the state machine."""
+
+    def __init__(self, refusal: LaunchRefusal) -> None:
+        super().__init__(refusal.message)
+        self.refusal = refusal
+
+
 #: Events wait in a bounded queue and are posted by a few tasks (see ``_post_events``)
 EVENT_QUEUE_SIZE = 10_000
 EVENT_POSTERS = 2
@@ -422,9 +438,14 @@ class Controller:
             decision = decide(
                 World(**{**world.__dict__, "artifacts": check}), self.config, self.launcher
             )
-        await self._execute(job, decision)
+        try:
+            await self._execute(job, decision)
+        except LaunchRefusedError as refused:
+            # the API server said no to the launch: the state machine records why
+            world = dataclasses.replace(world, launch_refused=refused.refusal)
+            decision = decide(world, self.config, self.launcher)
         new_status = await self._write_status(key, body, decision.status)
-        await self._post_events(job, decision)
+        await self._post_events(job.metadata, decision)
         self._record_transition(job, status, new_status)
         self._record_metrics(job, new_status)
         return self._next_delay(Phase(new_status.get("phase", Phase.PENDING)), job)
@@ -581,11 +602,20 @@ class Controller:
                         a.body or {},
                     )
                     for a in creates
-                )
+                ),
+                return_exceptions=True,
             )
-            for action, (obj, _) in zip(creates, created, strict=True):
+            for action, result in zip(creates, created, strict=True):
+                if isinstance(result, ApiError) and result.status in REFUSALS:
+                    meta = (action.body or {}).get("metadata") or {}
+                    kind = str((action.body or {}).get("kind", ""))
+                    raise LaunchRefusedError(
+                        LaunchRefusal(result.status, kind, str(meta.get("name")), result.message)
+                    )
+                if isinstance(result, BaseException):
+                    raise result
                 if action.kind is ActionKind.CREATE_LAUNCHER:
-                    self.observe_launched("ADDED", obj, enqueue=False)
+                    self.observe_launched("ADDED", result[0], enqueue=False)
         for action in decision.actions:
             if action in creates:
                 continue
@@ -626,14 +656,14 @@ class Controller:
             self._publish_phase_counts_soon()
         return updated.get("status") or status
 
-    async def _post_events(self, job: FineTuneJob, decision: Decision) -> None:
+    async def _post_events(self, meta: ObjectMeta, decision: Decision) -> None:
         """Queue the decision's Events for the posters (as client-go's event recorder
         does): launch-critical writes go first, Events follow when the API has room.
         Status already holds the timeline; a full queue drops Events, never blocks."""
         for i, entry in enumerate(decision.events):
-            hint = f"{job.metadata.uid}/{entry['time']}/{entry['type']}/{entry['reason']}/{i}"
+            hint = f"{meta.uid}/{entry['time']}/{entry['type']}/{entry['reason']}/{i}"
             body = build_event(
-                job,
+                meta,
                 entry["reason"],
                 f"{entry['type']}: {entry['message']}",
                 warning=bool(entry.get("warning")),
@@ -644,9 +674,7 @@ class Controller:
                 self._events.put_nowait(body)
             except asyncio.QueueFull:
                 metrics.RECONCILE_ERRORS.labels("event").inc()
-                log.warning(
-                    "event queue full; dropped %s for %s", entry["reason"], job.metadata.name
-                )
+                log.warning("event queue full; dropped %s for %s", entry["reason"], meta.name)
 
     async def _event_poster(self) -> None:
         assert self.kube is not None
@@ -658,41 +686,21 @@ class Controller:
                 log.debug("event %s not posted: %s", body["metadata"]["name"], err)
 
     async def _fail_invalid(self, key: JobKey, body: dict[str, Any], err: ValidationError) -> None:
-        """A stored object the model rejects (the CRD is older or laxer): fail it, clearly."""
-        status = dict(body.get("status") or {})
-        if status.get("phase") == Phase.FAILED:
-            return
-        first = err.errors()[0]
-        path = ".".join(str(p) for p in first["loc"])
-        message = f"{path}: {first['msg']}"
-        now = iso(self.clock.now())
-        status.update(
-            phase=str(Phase.FAILED),
-            message=message,
-            completionTime=now,
-            conditions=[
-                {
-                    "type": "Validated",
-                    "status": "False",
-                    "reason": "SpecInvalid",
-                    "message": message,
-                    "lastTransitionTime": now,
-                },
-                {
-                    "type": "Failed",
-                    "status": "True",
-                    "reason": "SpecInvalid",
-                    "message": message,
-                    "lastTransitionTime": now,
-                },
-            ],
-            timeline=[
-                *(status.get("timeline") or []),
-                {"time": now, "type": "Failed", "reason": "SpecInvalid", "message": message[:1024]},
-            ],
+        """A stored object the model rejects (the CRD is older or laxer): fail it, clearly,
+        through the state machine like every failure (bounded timeline, Event)."""
+        from tidetune.manifests import explain
+
+        path, what = explain(dict(err.errors()[0]), FineTuneJob)
+        status = body.get("status") or {}
+        meta = body.get("metadata") or {}
+        decision = decide_invalid(
+            status, meta.get("generation"), self.clock.now(), f"{path}: {what}"
         )
-        await self._write_status(key, body, status)
-        return None
+        if decision.status == status:
+            return
+        await self._write_status(key, body, decision.status)
+        involved = ObjectMeta.model_construct(name=key[1], namespace=key[0], uid=meta.get("uid"))
+        await self._post_events(involved, decision)
 
     def _record_transition(
         self, job: FineTuneJob, old: dict[str, Any], new: dict[str, Any]

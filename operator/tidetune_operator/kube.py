@@ -119,6 +119,7 @@ class ApiError(Exception):
     def __init__(self, status: int, message: str, reason: str = "") -> None:
         self.status = status
         self.reason = reason
+        self.message = message
         super().__init__(f"HTTP {status} {reason}: {message}" if status else message)
 
     @property

@@ -64,6 +64,21 @@ class ArtifactCheck:
 
 
 @dataclass(frozen=True)
+class LaunchRefusal:
+    """The API server refused to create an object the launch needs."""
+
+    #: its HTTP status: 400/422 invalid (for good), 403/404/429 forbidden or missing (may heal)
+    code: int
+    kind: str
+    name: str
+    message: str
+
+    @property
+    def permanent(self) -> bool:
+        return self.code in (400, 422)
+
+
+@dataclass(frozen=True)
 class World:
     job: FineTuneJob
     now: datetime
@@ -74,6 +89,8 @@ class World:
     admission: Admission = ADMIT_NOW
     run: RunState | None = None
     artifacts: ArtifactCheck | None = None
+    #: the launch this world's last decision asked for was refused by the API server
+    launch_refused: LaunchRefusal | None = None
 
 
 class ActionKind(StrEnum):
@@ -160,25 +177,16 @@ def priced_gpu_type(job: FineTuneJob, pool: IdlePool | None, config: OperatorCon
 # --------------------------------------------------------------------------- helpers
 
 
-class _Builder:
-    """Accumulates one decision."""
+class _StatusWriter:
+    """Accumulates one decision's status changes: phase, conditions, the bounded timeline
+    (each entry also an Event), the running time, and the endings."""
 
-    def __init__(self, world: World, config: OperatorConfig, launcher: Launcher) -> None:
-        self.world = world
-        self.job = world.job
-        self.config = config
-        self.launcher = launcher
-        self.now = world.now
-        self.generation = world.job.metadata.generation
-        raw = (
-            world.job.status.model_dump(mode="json", by_alias=True, exclude_none=True)
-            if world.job.status
-            else {}
-        )
-        self.status: dict[str, Any] = raw  # a fresh dump: ours to change
+    def __init__(self, status: dict[str, Any], now: datetime, generation: int | None) -> None:
+        self.now = now
+        self.generation = generation
+        self.status: dict[str, Any] = status  # ours to change
         self.decision = Decision(status=self.status)
 
-    # -- status
     @property
     def phase(self) -> Phase:
         return Phase(self.status.get("phase", Phase.PENDING))
@@ -253,6 +261,22 @@ class _Builder:
             f"{len(artifacts)} artifacts, {total} bytes, sha256 verified",
         )
         self.timeline("Succeeded", Reason.TRAINING_COMPLETE, "training finished")
+
+
+class _Builder(_StatusWriter):
+    """Accumulates one decision about a job the model accepts."""
+
+    def __init__(self, world: World, config: OperatorConfig, launcher: Launcher) -> None:
+        raw = (
+            world.job.status.model_dump(mode="json", by_alias=True, exclude_none=True)
+            if world.job.status
+            else {}
+        )  # a fresh dump
+        super().__init__(raw, world.now, world.job.metadata.generation)
+        self.world = world
+        self.job = world.job
+        self.config = config
+        self.launcher = launcher
 
 
 def _desired_suspend(world: World) -> Reason | None:
@@ -395,11 +419,52 @@ def decide(world: World, config: OperatorConfig, launcher: Launcher) -> Decision
         )
         return _normalized(b.decision)
 
-    if world.launcher is None:
+    if world.launch_refused is not None:
+        _launch_refused(b, world.launch_refused)
+    elif world.launcher is None:
         _without_launcher(b)
     else:
         _with_launcher(b, world.launcher)
     return _normalized(b.decision)
+
+
+def decide_invalid(
+    status: dict[str, Any], generation: int | None, now: datetime, problem: str
+) -> Decision:
+    """A stored FineTuneJob the model rejects (stored under an older or laxer CRD): it
+    fails with the field's problem — the same conditions, bounded timeline and Warning
+    Event as any failure. ``status`` is the stored one (left unchanged once terminal)."""
+    w = _StatusWriter(dict(status), now, generation)
+    phase = status.get("phase")
+    if phase in {str(p) for p in Phase if p.terminal}:
+        return w.decision
+    w.condition(C.VALIDATED, False, Reason.SPEC_INVALID, problem)
+    w.fail(Reason.SPEC_INVALID, problem)
+    try:
+        return _normalized(w.decision)
+    except ValueError:  # a status the model cannot read either: write it as built
+        return w.decision
+
+
+def _launch_refused(b: _Builder, refusal: LaunchRefusal) -> None:
+    """The API server would not create the launched job (or its ConfigMap): a webhook or
+    validation said invalid (fail, with its words), or RBAC, a quota or a missing CRD said
+    no for now (wait in Queued and retry; the reason is in a condition and the timeline)."""
+    what = (
+        f"the API server refused to create {refusal.kind} {refusal.name} "
+        f"({refusal.code}): {refusal.message}"
+    )
+    if refusal.permanent:
+        b.fail(Reason.LAUNCH_REJECTED, what)
+        return
+    previous = get_condition(b.status, C.ADMITTED)
+    b.end_stint()
+    b.condition(C.ADMITTED, False, Reason.LAUNCH_REFUSED, what)
+    b.condition(C.RUNNING, False, Reason.LAUNCH_REFUSED, "not launched")
+    if (previous or {}).get("reason") != str(Reason.LAUNCH_REFUSED) or b.phase is not Phase.QUEUED:
+        b.timeline("LaunchRefused", Reason.LAUNCH_REFUSED, f"{what}; retrying", warning=True)
+    b.status.setdefault("queuedTime", iso(b.now))
+    b.set_phase(Phase.QUEUED, f"{what}; retrying")
 
 
 def _cancel(b: _Builder) -> None:

@@ -272,6 +272,7 @@ BAD: list[tuple[str, str, dict[str, Any], str]] = [
     ),
     ("merge-with-full", "sft-full.yaml", {"spec.output.mergeLora": True}, "spec.output.mergeLora"),
     ("output-uri", JOB, {"spec.output.uri": "gs://bucket/"}, "spec.output.uri"),
+    ("output-to-a-claim", JOB, {"spec.output.uri": "pvc://models/out/"}, "spec.output.uri"),
     (
         "publish-merged-without-merge",
         JOB,

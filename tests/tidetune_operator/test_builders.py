@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import yaml
 
 from tests.tidetune_operator.conftest import make_job, make_pool
@@ -151,7 +152,12 @@ def test_event_is_bounded(config: OperatorConfig) -> None:
 
     job = make_job()
     event = builders.build_event(
-        job, "BadData", "x" * 5000, warning=True, now=datetime(2026, 1, 1, tzinfo=UTC), uid_hint="h"
+        job.metadata,
+        "BadData",
+        "x" * 5000,
+        warning=True,
+        now=datetime(2026, 1, 1, tzinfo=UTC),
+        uid_hint="h",
     )
     assert len(event["message"]) == 1024 and event["type"] == "Warning"
     assert event["involvedObject"]["uid"] == job.metadata.uid
@@ -186,3 +192,78 @@ def test_trainjob_sibling_builds_the_same_trainer(config: OperatorConfig) -> Non
     assert tj["spec"]["trainer"]["numProcPerNode"] == 8
     override = tj["spec"]["podTemplateOverrides"][0]["spec"]
     assert override["nodeSelector"] == {"cloud.example.com/pool": "online-a100"}
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["1st-run", "0", "9" * 63, "42-poems-v2", "a", "a" * 63, "x-1", "q" + "-9" * 31],
+)
+def test_launcher_names_are_dns_1035_labels(name: str) -> None:
+    """Kubeflow's webhooks want DNS-1035 labels (a letter first); a FineTuneJob's name is
+    only DNS-1123 (``1st-run`` passes the CRD), so the launcher name must make it fit."""
+    job = make_job(edits={"metadata.name": name})
+    names = [builders.launcher_name(job, attempt) for attempt in (1, 2, 10)]
+    for launched in names:
+        assert builders.DNS_1035.match(launched), launched
+        assert len(launched) <= builders.MAX_LAUNCHER_NAME
+    assert len(set(names)) == 3  # per attempt
+    assert builders.launcher_name(job, 1) == names[0]  # deterministic
+    # and the PyTorchJob's pods and services leave room: <name>-worker-<N> ≤ 63
+    assert len(f"{names[2]}-worker-511") <= 63
+
+
+def test_names_that_map_to_the_same_stem_do_not_collide() -> None:
+    for uid in ("0f6d8a4e-1111-2222-3333-444455556666", None):
+        a = make_job(edits={"metadata.name": "1a", "metadata.uid": uid})
+        b = make_job(edits={"metadata.name": "ftj-1a", "metadata.uid": uid})
+        assert builders.launcher_name(a, 1) != builders.launcher_name(b, 1)
+        assert builders.launcher_name(a, 1).startswith("ftj-1a-")
+    # a name that already fits keeps the launcher name it always had
+    job = make_job(edits={"metadata.name": "poems"})
+    assert builders.launcher_name(job, 3) == (
+        f"poems-{builders.short_hash(job.metadata.uid or '')}-3"
+    )
+
+
+def test_every_claim_the_spec_names_is_mounted_read_only(config: OperatorConfig) -> None:
+    from tidetune.storage import open_store
+
+    job = make_job(
+        edits={
+            "spec.baseModel.uri": "pvc://models/qwen2.5-1.5b/",
+            "spec.data.train.uri": "pvc://team-a.datasets/poems/train.jsonl",
+            "spec.data.validation": {"uri": "pvc://team-a.datasets/poems/val.jsonl"},
+            "spec.data.mixIn": {"uri": "s3://datasets/general.jsonl", "ratio": 0.2},
+        }
+    )
+    assert builders.claims(job) == ["models", "team-a.datasets"]
+    for launcher in (PyTorchJobLauncher(), TrainJobLauncher()):
+        obj = launcher.build(job, config, None, 1, False)
+        if launcher.kind == "PyTorchJob":
+            pod = obj["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]
+            mounts = pod["containers"][0]["volumeMounts"]
+        else:
+            pod = obj["spec"]["podTemplateOverrides"][0]["spec"]
+            mounts = pod["containers"][0]["volumeMounts"]
+        by_claim = {
+            v["persistentVolumeClaim"]["claimName"]: v
+            for v in pod["volumes"]
+            if "persistentVolumeClaim" in v
+        }
+        assert set(by_claim) == {"models", "team-a.datasets"}
+        for claim, volume in by_claim.items():
+            assert volume["persistentVolumeClaim"]["readOnly"] is True
+            (mount,) = [m for m in mounts if m["name"] == volume["name"]]
+            assert mount == {
+                "name": volume["name"],
+                "mountPath": f"/mnt/pvc/{claim}",
+                "readOnly": True,
+            }
+            assert len(volume["name"]) <= 63 and builders.DNS_1035.match(volume["name"])
+    # where the pods mount a claim is where the trainer's storage looks for it
+    store, key = open_store("pvc://models/qwen2.5-1.5b/")
+    assert str(store.path(key)) == "/mnt/pvc/models/qwen2.5-1.5b"  # type: ignore[attr-defined]
+    # a job that names no claim mounts none
+    plain = builders.build_pytorchjob(make_job(), config, None, attempt=1, suspend=False)
+    spec = plain["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]
+    assert not [v for v in spec["volumes"] if "persistentVolumeClaim" in v]

@@ -19,6 +19,7 @@ from tidetune_operator.reconcile import (
     ActionKind,
     ArtifactCheck,
     Decision,
+    LaunchRefusal,
     World,
     decide,
     model_params_hint,
@@ -489,3 +490,57 @@ def test_the_trainers_count_is_priced_with_the_operators_table_and_the_pools_gpu
     )
     assert job2.status is not None and job2.status.estimate is not None
     assert job2.status.estimate.gpu_type == "a100" and job2.status.estimate.currency == "EUR"
+
+
+def test_a_launch_the_api_server_rejects_fails_the_job_with_its_words(
+    config: OperatorConfig,
+) -> None:
+    """A webhook or the schema refuses the PyTorchJob (422): not silence and no retry loop,
+    but Failed with the server's message in a condition, the timeline and a Warning Event."""
+    job = make_job(edits={"spec.scheduling.pool": None})
+    _, d = step(job, config)
+    name = next(a.body for a in d.actions if a.kind is ActionKind.CREATE_LAUNCHER)["metadata"][
+        "name"
+    ]
+    refusal = LaunchRefusal(
+        422,
+        "PyTorchJob",
+        name,
+        f'PyTorchJob.kubeflow.org "{name}" is invalid: metadata.name: Invalid value',
+    )
+    failed, d = step(job, config, launch_refused=refusal)
+    assert d.actions == []
+    st = failed.status
+    assert st is not None and st.phase is Phase.FAILED and st.attempt == 0
+    cond = next(c for c in st.conditions if c.type == "Failed")
+    assert cond.reason == "LaunchRejected" and "is invalid: metadata.name" in cond.message
+    assert st.timeline[-1].type == "Failed" and st.timeline[-1].reason == "LaunchRejected"
+    assert d.events[-1]["warning"] is True and f"PyTorchJob {name} (422)" in d.events[-1]["message"]
+
+
+def test_a_forbidden_launch_waits_queued_says_why_once_and_launches_when_allowed(
+    config: OperatorConfig,
+) -> None:
+    job = make_job(edits={"spec.scheduling.pool": None})
+    refusal = LaunchRefusal(
+        403,
+        "PyTorchJob",
+        "x-1",
+        "pytorchjobs.kubeflow.org is forbidden: exceeded quota: team-a, requested: count/x=1",
+    )
+    queued, d = step(job, config, launch_refused=refusal)
+    st = queued.status
+    assert d.actions == [] and st is not None and st.phase is Phase.QUEUED
+    admitted = next(c for c in st.conditions if c.type == "Admitted")
+    assert admitted.status == "False" and admitted.reason == "LaunchRefused"
+    assert "exceeded quota" in admitted.message and st.attempt == 0
+    assert types(d)[-1] == "LaunchRefused" and d.events[-1]["warning"] is True
+    # refused again: the same reason is not repeated in the timeline
+    again, d2 = step(queued, config, launch_refused=refusal, now=T0 + timedelta(minutes=1))
+    assert d2.events == [] and again.status is not None
+    assert len(again.status.timeline) == len(st.timeline)
+    # the quota freed: the next reconcile launches attempt 1
+    running, d3 = step(again, config, now=T0 + timedelta(minutes=2))
+    assert kinds(d3) == [ActionKind.CREATE_CONFIG_MAP, ActionKind.CREATE_LAUNCHER]
+    assert running.status is not None and running.status.phase is Phase.RUNNING
+    assert next(c for c in running.status.conditions if c.type == "Admitted").status == "True"

@@ -102,6 +102,10 @@ class Reason(StrEnum):
     MAX_RUNTIME_EXCEEDED = "MaxRuntimeExceeded"
     TOO_MANY_FAILURES = "TooManyFailures"
     LAUNCHER_DELETED = "LauncherDeleted"
+    #: the API server refused to create the launched job for good (invalid: 400/422)
+    LAUNCH_REJECTED = "LaunchRejected"
+    #: the API server refused it for now (forbidden, quota, no such kind: 403/404/429)
+    LAUNCH_REFUSED = "LaunchRefused"
     CANCELLED = "Cancelled"
 
 

@@ -771,6 +771,15 @@ class Publish(ApiModel):
     )
 
 
+#: why ``spec.output.uri`` may not be a claim: the operator follows a job by reading
+#: progress.json and verifies its artifacts in the output location, and it mounts no claim
+OUTPUT_PVC_MESSAGE = (
+    "output to pvc:// is not supported: the operator reads the job's progress and verifies "
+    "its artifacts in the output location, and it cannot read a claim; use object storage "
+    "(s3://bucket/prefix/)"
+)
+
+
 class Output(ApiModel):
     """Where artifacts go and what is exported."""
 
@@ -781,6 +790,11 @@ class Output(ApiModel):
                 "|| self.publish.artifact != 'merged' || (has(self.mergeLora) && self.mergeLora)",
                 "publish.artifact merged needs mergeLora: true",
                 ".publish.artifact",
+            ),
+            rule(
+                "!has(self.uri) || !self.uri.startsWith('pvc://')",
+                OUTPUT_PVC_MESSAGE,
+                ".uri",
             ),
         )
     )
@@ -812,6 +826,8 @@ class Output(ApiModel):
     def _check(self) -> Self:
         if self.publish is not None and self.publish.artifact == "merged" and not self.merge_lora:
             fail("publish.artifact", "publish.artifact merged needs mergeLora: true")
+        if self.uri is not None and self.uri.startswith("pvc://"):
+            fail("uri", OUTPUT_PVC_MESSAGE)
         return self
 
 

@@ -1,0 +1,164 @@
+"""The controller carries a decision out against an API server: what it does when the
+server refuses the launch, and with a stored job the model rejects.
+
+A loopback aiohttp server answers the handful of calls one reconcile makes (read the
+Secret, create the ConfigMap and the PyTorchJob, merge-patch the status) and can refuse
+the PyTorchJob with the ``Status`` a webhook returns (422 ``Invalid``). It stands in for
+those answers only; the controller, the state machine and the client are the real ones.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+import pytest_asyncio
+from aiohttp import web
+
+from tests.tidetune_operator.conftest import make_job
+from tidetune.api.constants import TIMELINE_KEEP_FIRST, TIMELINE_KEEP_LAST
+from tidetune_operator.config import OperatorConfig
+from tidetune_operator.controller import Controller
+from tidetune_operator.kube import Kube
+from tidetune_operator.launchers import PyTorchJobLauncher
+
+
+class ApiServer:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str]] = []
+        self.refuse_launch: dict[str, Any] | None = None
+        self.status_patches: list[dict[str, Any]] = []
+
+    async def handle(self, request: web.Request) -> web.Response:
+        path, method = request.path, request.method
+        self.calls.append((method, path))
+        body = await request.json() if request.can_read_body else None
+        if method == "GET" and path.endswith("/secrets/s3-creds"):
+            data = {k: base64.b64encode(v.encode()).decode() for k, v in _CREDS.items()}
+            return web.json_response({"kind": "Secret", "data": data})
+        if method == "POST" and path.endswith("/pytorchjobs") and self.refuse_launch:
+            return web.json_response(self.refuse_launch, status=self.refuse_launch["code"])
+        if method == "POST":
+            assert body is not None
+            body.setdefault("metadata", {})["resourceVersion"] = "7"
+            return web.json_response(body, status=201)
+        if method == "PATCH" and path.endswith("/status"):
+            assert body is not None
+            self.status_patches.append(body["status"])
+            return web.json_response({**_JOB, "status": body["status"]})
+        return web.json_response({"kind": "Status", "code": 404}, status=404)
+
+
+_CREDS = {"accessKey": "AK", "secretKey": "SK"}
+_JOB: dict[str, Any] = {}
+
+
+@pytest_asyncio.fixture
+async def api() -> AsyncIterator[tuple[ApiServer, Kube]]:
+    server = ApiServer()
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", server.handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    kube = Kube(f"http://127.0.0.1:{port}", aiohttp.ClientSession(), 10)
+    try:
+        yield server, kube
+    finally:
+        await kube.close()
+        await runner.cleanup()
+
+
+def job_body(**edits: Any) -> dict[str, Any]:
+    job = make_job(edits={"spec.scheduling.pool": None, **edits})
+    body = job.model_dump(mode="json", by_alias=True, exclude_none=True)
+    body["metadata"]["resourceVersion"] = "1"
+    body.pop("status", None)
+    return body
+
+
+def controller(config: OperatorConfig, kube: Kube) -> Controller:
+    c = Controller(config, PyTorchJobLauncher())
+    c.kube = kube  # what start() sets; the test drives reconciles itself, no workers
+    return c
+
+
+@pytest.mark.asyncio
+async def test_a_refused_launch_is_recorded_not_retried_in_silence(
+    api: tuple[ApiServer, Kube], config: OperatorConfig
+) -> None:
+    server, kube = api
+    body = job_body(**{"metadata.name": "9-lives"})
+    _JOB.clear()
+    _JOB.update(body)
+    server.refuse_launch = {
+        "kind": "Status",
+        "status": "Failure",
+        "reason": "Invalid",
+        "code": 422,
+        "message": 'admission webhook "validator.pytorchjob.kubeflow.org" denied the request: '
+        "spec.pytorchReplicaSpecs[Master]: container pytorch has no image",
+    }
+    c = controller(config, kube)
+    c.observe_job("ADDED", body)
+    delay = await c.reconcile_job(("team-a", "9-lives"))
+    assert delay is None  # terminal: nothing to come back for
+    (status,) = server.status_patches
+    assert status["phase"] == "Failed"
+    failed = next(x for x in status["conditions"] if x["type"] == "Failed")
+    assert failed["reason"] == "LaunchRejected" and "has no image" in failed["message"]
+    assert status["timeline"][-1]["reason"] == "LaunchRejected"
+    events = [c._events.get_nowait() for _ in range(c._events.qsize())]
+    assert [e["reason"] for e in events] == ["SpecValid", "LaunchRejected"]
+    assert events[-1]["type"] == "Warning" and "has no image" in events[-1]["message"]
+    # one create, then the refusal is recorded: no retry loop
+    posted = [p for m, p in server.calls if m == "POST" and p.endswith("/pytorchjobs")]
+    assert len(posted) == 1
+
+
+@pytest.mark.asyncio
+async def test_a_stored_job_the_model_rejects_fails_through_the_state_machine(
+    api: tuple[ApiServer, Kube], config: OperatorConfig
+) -> None:
+    """A FineTuneJob stored under an older, laxer CRD: Failed with the field's problem,
+    and its long timeline stays within the bound like every other status write."""
+    server, kube = api
+    body = job_body()
+    body["spec"]["tuning"]["lora"]["rank"] = 999  # beyond 1–256
+    timeline = [
+        {"time": "2026-11-01T00:00:00Z", "type": "Checkpoint", "reason": "CheckpointSaved",
+         "message": f"checkpoint {i}"}
+        for i in range(TIMELINE_KEEP_FIRST + TIMELINE_KEEP_LAST)
+    ]  # fmt: skip
+    body["status"] = {"phase": "Running", "timeline": timeline}
+    _JOB.clear()
+    _JOB.update(body)
+    c = controller(config, kube)
+    c.observe_job("ADDED", body)
+    assert await c.reconcile_job(("team-a", body["metadata"]["name"])) is None
+    (status,) = server.status_patches
+    assert status["phase"] == "Failed"
+    assert len(status["timeline"]) == TIMELINE_KEEP_FIRST + TIMELINE_KEEP_LAST
+    assert status["timeline"][:TIMELINE_KEEP_FIRST] == timeline[:TIMELINE_KEEP_FIRST]
+    last = status["timeline"][-1]
+    assert (last["type"], last["reason"]) == ("Failed", "SpecInvalid")
+    assert last["message"].startswith("spec.tuning.lora.rank: ")
+    conds = {x["type"]: (x["status"], x["reason"]) for x in status["conditions"]}
+    assert conds["Validated"] == ("False", "SpecInvalid")
+    assert conds["Failed"] == ("True", "SpecInvalid")
+    assert json.dumps(status).count("lora.rank") >= 2  # condition message and timeline
+    event = c._events.get_nowait()
+    assert event["type"] == "Warning" and event["reason"] == "SpecInvalid"
+    # failed already: a second look writes nothing
+    c.observe_job(
+        "MODIFIED",
+        {**body, "status": status, "metadata": {**body["metadata"], "resourceVersion": "2"}},
+    )
+    await c.reconcile_job(("team-a", body["metadata"]["name"]))
+    assert len(server.status_patches) == 1
