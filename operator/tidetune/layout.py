@@ -24,6 +24,24 @@ SPEC_FILE: Final = "job.yaml"
 SPEC_MOUNT: Final = "/etc/tidetune"
 
 
+#: metrics.jsonl keys → the ``status.metrics`` field each latest value goes to (the
+#: trainer's progress.json ``metrics`` uses the status names)
+STATUS_METRICS: Final = {
+    "loss": "trainLoss",
+    "evalLoss": "evalLoss",
+    "learningRate": "learningRate",
+    "tokensPerSecond": "tokensPerSecond",
+    "gradNorm": "gradNorm",
+    # GRPO / PPO
+    "reward": "reward",
+    "rewardStd": "rewardStd",
+    "kl": "kl",
+    "entropy": "entropy",
+    "completionLength": "completionLength",
+    "clipFraction": "clipFraction",
+}
+
+
 def job_root(output_base: str, namespace: str, name: str, uid: str) -> str:
     """``<output base>/<namespace>/<name>/<uid>`` (no trailing slash)."""
     return f"{output_base.rstrip('/')}/{namespace}/{name}/{uid}"

@@ -83,6 +83,18 @@ JOB_TOKENS_PER_SECOND = Gauge(
     ["namespace", "finetunejob"],
     registry=REGISTRY,
 )
+JOB_REWARD = Gauge(
+    "tidetune_job_reward",
+    "GRPO/PPO: latest mean reward (Σ weight × rule) of the sampled completions.",
+    ["namespace", "finetunejob"],
+    registry=REGISTRY,
+)
+JOB_KL = Gauge(
+    "tidetune_job_kl",
+    "GRPO/PPO: latest mean KL divergence to the reference model.",
+    ["namespace", "finetunejob"],
+    registry=REGISTRY,
+)
 JOB_QUEUED_SINCE = Gauge(
     "tidetune_job_queued_timestamp_seconds",
     "Unix time the job started waiting for admission; present only while it is Queued.",
@@ -108,7 +120,15 @@ POOL_QUEUED = Gauge(
     "tidetune_pool_queued_jobs", "Jobs waiting for the pool.", ["pool"], registry=REGISTRY
 )
 
-_PER_JOB = (JOB_PROGRESS, JOB_TRAIN_LOSS, JOB_EVAL_LOSS, JOB_TOKENS_PER_SECOND, JOB_QUEUED_SINCE)
+_PER_JOB = (
+    JOB_PROGRESS,
+    JOB_TRAIN_LOSS,
+    JOB_EVAL_LOSS,
+    JOB_TOKENS_PER_SECOND,
+    JOB_REWARD,
+    JOB_KL,
+    JOB_QUEUED_SINCE,
+)
 _PER_POOL = (POOL_OPEN, POOL_GPUS, POOL_GPUS_IN_USE, POOL_QUEUED, QUEUE_WAIT)
 
 # Series that exist before anything happens, so that rate()/increase() see their first
@@ -154,6 +174,8 @@ def observe_job(
         (JOB_TRAIN_LOSS, "trainLoss"),
         (JOB_EVAL_LOSS, "evalLoss"),
         (JOB_TOKENS_PER_SECOND, "tokensPerSecond"),
+        (JOB_REWARD, "reward"),
+        (JOB_KL, "kl"),
     ):
         value = metrics.get(key)
         if isinstance(value, int | float):

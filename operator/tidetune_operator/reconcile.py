@@ -35,6 +35,7 @@ from tidetune.api.idlepool import IdlePool
 from tidetune.api.types import parse_duration
 from tidetune.contract import RunState, RunStateName, price_count
 from tidetune.estimate import EstimateError, estimate_for_spec, gpu_type_for
+from tidetune.layout import STATUS_METRICS
 from tidetune_operator import builders
 from tidetune_operator.admission import ADMIT_NOW, Admission
 from tidetune_operator.config import OperatorConfig
@@ -298,14 +299,7 @@ def _apply_run_state(b: _Builder, run: RunState) -> None:
     if run.eta:
         progress["eta"] = run.eta
     b.status["progress"] = progress
-    names = {
-        "loss": "trainLoss",
-        "trainLoss": "trainLoss",
-        "evalLoss": "evalLoss",
-        "learningRate": "learningRate",
-        "tokensPerSecond": "tokensPerSecond",
-        "gradNorm": "gradNorm",
-    }
+    names = {**STATUS_METRICS, **{v: v for v in STATUS_METRICS.values()}}
     metrics = {
         names[k]: float(v)
         for k, v in run.metrics.items()

@@ -209,8 +209,13 @@ def test_the_server_refuses_a_spec_edit_after_start_with_the_crd_message(
     doc["metadata"] = {"name": "edit-after-start", "namespace": "default"}
     apiserver.kubectl("apply", "-f", "-", input=yaml.safe_dump(doc))
     apiserver.kubectl(
-        "patch", "ftj", "edit-after-start", "--subresource=status", "--type=merge",
-        "-p", '{"status": {"phase": "Running", "startTime": "2026-11-22T01:00:00Z"}}',
+        "patch",
+        "ftj",
+        "edit-after-start",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        '{"status": {"phase": "Running", "startTime": "2026-11-22T01:00:00Z"}}',
     )
     doc["spec"]["hyperparameters"]["learningRate"] = 0.5
     result = apiserver.kubectl("apply", "-f", "-", input=yaml.safe_dump(doc), check=False)

@@ -62,8 +62,28 @@ def count_tokens(
         rng = random.Random(settings.seed)
         pick = sorted(rng.sample(range(total), sample_records))
         part = LoadedData([loaded.train[i] for i in pick], [], sample_records)
-    prepared = prepare_data(part, tokenizer, settings, method=method)
     scale = total / len(part.train) if part.train else 1.0
+    if method in ("grpo", "ppo"):
+        # RL: every prompt is processed with numGenerations completions of up to
+        # maxCompletionLength tokens each (sampled, then trained on)
+        from tidetune_trainer.rl.data import build_prompts
+
+        rl = spec.rl
+        room = max(8, settings.max_seq_length - rl.max_completion_length)
+        prompts = build_prompts(
+            part.train,
+            tokenizer,
+            max_prompt_length=room,
+            completion_column=settings.columns.completion,
+        )
+        per_prompt = [len(p) + rl.max_completion_length for p in prompts]
+        return TokenCount(
+            tokens=round(sum(per_prompt) * rl.num_generations * scale),
+            samples=round(len(prompts) * scale),
+            sampled=sampled,
+            packed_rows=None,
+        )
+    prepared = prepare_data(part, tokenizer, settings, method=method)
     tokens = round(prepared.report.tokens * scale)
     rows = prepared.report.packed_rows
     return TokenCount(

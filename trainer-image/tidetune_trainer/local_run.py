@@ -14,6 +14,9 @@ cluster.
 - stderr shows the timeline and a progress bar; Ctrl-C asks the trainer to checkpoint
   and stop (SIGTERM), a second Ctrl-C kills it.
 - ``--json`` prints the final FineTuneJob (spec and status) on stdout.
+- GRPO/PPO: the ``ConfigMap`` documents of the same file hold the reward functions'
+  sources; they are laid out in ``<run>/reward-sources/<name>/<key>`` as a cluster
+  mounts them (``TIDETUNE_REWARD_SOURCES``).
 
 Exit codes: 0 when the job Succeeded, 85 when it was stopped (Ctrl-C) after a
 checkpoint, 1 otherwise (invalid manifest or data, trainer failure).
@@ -198,6 +201,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 1
     spec_file.write_text(json.dumps(body, indent=1))
+    reward_sources = run_dir / "reward-sources"
+    if spec.rl is not None:  # the ConfigMaps of the same file, laid out as a cluster mounts them
+        from tidetune_trainer.rl.rules import configmaps_in_file, write_sources
+
+        write_sources(configmaps_in_file(args.file), reward_sources)
     (run_dir / layout.LOCAL_CANCEL_FILE).unlink(missing_ok=True)
     resumed = any(e["type"] in ("Started", "Resumed") for e in timeline.entries)
     timeline.add(
@@ -253,6 +261,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"),
         layout.TERMINATION_LOG_ENV: str(term_log),
         "PYTHONUNBUFFERED": "1",
+        "TIDETUNE_REWARD_SOURCES": str(reward_sources),
         layout.ATTEMPT_ENV: str(attempt),
         "OMP_NUM_THREADS": os.environ.get(
             "OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc))

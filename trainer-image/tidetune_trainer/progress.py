@@ -7,8 +7,12 @@ Prometheus metrics, all written by rank 0 only.
      "gradNorm": 0.84, "tokens": 24576, "tokensPerSecond": 5120.4,
      "time": "2025-01-01T12:00:00Z"}
 
-``evalLoss`` appears on lines where an evaluation ran. On resume, lines past the resumed
-step are dropped first, so the file always describes one consistent trajectory.
+``evalLoss`` appears on lines where an evaluation ran. GRPO/PPO lines add ``reward``
+(the weighted total's mean), ``rewardStd``, ``rewards/<i>`` (rule *i* of
+``spec.rl.rewards``, before its weight), ``kl``, ``entropy``, ``completionLength``,
+``clipFraction``, ``rolloutTimeShare`` (and ``zeroStdFraction``, ``valueLoss``…).
+On resume, lines past the resumed step are dropped first, so the file always describes
+one consistent trajectory.
 
 ``<run>/progress.json`` — the current state, rewritten atomically on every logging step::
 
@@ -25,7 +29,9 @@ default ``0.0.0.0``): ``tidetune_trainer_step``, ``…_total_steps``, ``…_epoc
 ``…_progress_ratio``, ``…_loss``, ``…_eval_loss``, ``…_learning_rate``,
 ``…_grad_norm``, ``…_trained_tokens_total``, ``…_tokens_per_second``,
 ``…_eta_seconds``, ``…_step_duration_seconds``, ``…_checkpoints_total``,
-``…_checkpoint_save_seconds``, ``…_preemptions_total``, labelled with the job's
+``…_checkpoint_save_seconds``, ``…_preemptions_total``; for GRPO/PPO ``…_reward``,
+``…_reward_std``, ``…_kl``, ``…_entropy``, ``…_completion_length``, ``…_clip_fraction``,
+``…_rollout_time_share`` and ``…_rule_reward{rule="<i>"}``; labelled with the job's
 ``ftj_namespace`` and ``ftj_name``.
 """
 
@@ -99,6 +105,25 @@ class PrometheusExporter:
         self.tokens = c("trained_tokens", "Real (non-padding) tokens trained on.")
         self.tps = g("tokens_per_second", "Recent training throughput in real tokens per second.")
         self.eta = g("eta_seconds", "Estimated seconds until training ends.")
+        # GRPO / PPO
+        self.reward = g("reward", "Latest mean reward (Σ weight × rule) of sampled completions.")
+        self.reward_std = g("reward_std", "Standard deviation of the latest rewards.")
+        self.kl = g("kl", "Latest mean KL divergence to the reference model.")
+        self.entropy = g("entropy", "Latest mean token entropy of the policy.")
+        self.completion_length = g("completion_length", "Latest mean completion length (tokens).")
+        self.clip_fraction = g(
+            "clip_fraction", "Share of completion tokens whose ratio was clipped."
+        )
+        self.rollout_share = g(
+            "rollout_time_share", "Share of the latest step spent sampling and scoring."
+        )
+        self.rule_reward = Gauge(
+            "tidetune_trainer_rule_reward",
+            "Latest mean score of reward rule <rule> (spec.rl.rewards index), before its weight.",
+            (*labels, "rule"),
+            registry=self.registry,
+        )
+        self._lv = lv
         self.checkpoints = c("checkpoints", "Checkpoints written by this process.")
         self.preemptions = c("preemptions", "Stops on SIGTERM/suspend with a checkpoint.")
         self.step_seconds = Histogram(
@@ -218,13 +243,9 @@ class ProgressReporter:
     # ------------------------------------------------------------------ events
 
     def _remember(self, obj: dict[str, Any]) -> None:
-        for src, dst in (
-            ("loss", "trainLoss"),
-            ("evalLoss", "evalLoss"),
-            ("learningRate", "learningRate"),
-            ("tokensPerSecond", "tokensPerSecond"),
-            ("gradNorm", "gradNorm"),
-        ):
+        from tidetune.layout import STATUS_METRICS
+
+        for src, dst in STATUS_METRICS.items():
             if obj.get(src) is not None:
                 self.latest[dst] = obj[src]
 
@@ -292,6 +313,20 @@ class ProgressReporter:
             if eval_loss is not None:
                 p.eval_loss.set(eval_loss)
             p.lr.set(learning_rate)
+            for gauge, key in (
+                (p.reward, "reward"),
+                (p.reward_std, "rewardStd"),
+                (p.kl, "kl"),
+                (p.entropy, "entropy"),
+                (p.completion_length, "completionLength"),
+                (p.clip_fraction, "clipFraction"),
+                (p.rollout_share, "rolloutTimeShare"),
+            ):
+                if isinstance(line.get(key), int | float):
+                    gauge.set(float(line[key]))
+            for key, value in line.items():
+                if key.startswith("rewards/") and isinstance(value, int | float):
+                    p.rule_reward.labels(*p._lv, key.removeprefix("rewards/")).set(float(value))
             if line["gradNorm"] is not None:
                 p.grad_norm.set(line["gradNorm"])
             inc = trained_tokens - int(p.tokens._value.get())

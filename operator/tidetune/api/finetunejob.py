@@ -1047,6 +1047,19 @@ class Metrics(StatusModel):
     learning_rate: float | None = Field(None, description="Current learning rate.")
     tokens_per_second: float | None = Field(None, description="Recent throughput.")
     grad_norm: float | None = Field(None, description="Latest gradient norm.")
+    reward: float | None = Field(
+        None,
+        description="GRPO/PPO: latest mean reward (Σ weight × rule) of the sampled completions.",
+    )
+    reward_std: float | None = Field(None, description="GRPO/PPO: its standard deviation.")
+    kl: float | None = Field(None, description="GRPO/PPO: latest mean KL to the reference.")
+    entropy: float | None = Field(None, description="GRPO/PPO: latest mean token entropy.")
+    completion_length: float | None = Field(
+        None, description="GRPO/PPO: latest mean completion length (tokens)."
+    )
+    clip_fraction: float | None = Field(
+        None, description="GRPO/PPO: share of completion tokens whose ratio was clipped."
+    )
 
 
 class Estimate(StatusModel):

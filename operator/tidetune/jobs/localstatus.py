@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from tidetune.api.constants import TIMELINE_KEEP_FIRST, TIMELINE_KEEP_LAST
+from tidetune.layout import STATUS_METRICS
 
 TERMINAL = ("Succeeded", "Failed", "Cancelled")
 
@@ -65,11 +66,7 @@ def final_job(
             **({"eta": p["eta"]} if p.get("eta") and phase == "Running" else {}),
         }
         m = p.get("metrics") or {}
-        status["metrics"] = {
-            k: m[k]
-            for k in ("trainLoss", "evalLoss", "learningRate", "tokensPerSecond", "gradNorm")
-            if m.get(k) is not None
-        }
+        status["metrics"] = {k: m[k] for k in STATUS_METRICS.values() if m.get(k) is not None}
         status["checkpoints"] = [
             {"step": c["step"], "uri": c["uri"], **({"time": c["time"]} if c.get("time") else {})}
             for c in p.get("checkpoints", [])
