@@ -86,8 +86,7 @@ def condition(pod: JSON, kind: str) -> str:
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     tmp = tmp_path_factory.mktemp("nodeagent")
-    octet = 202 + os.getpid() % 50
-    prefix = f"10.{octet}"
+    prefix = _free_prefix()
     bridge = f"tta{os.getpid() % 100000}"
     gateway = f"{prefix}.0.1"
     subprocess.run(["ip", "link", "add", bridge, "type", "bridge"], check=True)
@@ -178,6 +177,16 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         subprocess.run(["ip", "link", "del", bridge], check=False)
     leftovers = [p for p in pathlib.Path("/run/netns").glob(f"{bridge}-*")]
     assert not leftovers, f"the agent left network namespaces: {leftovers}"
+
+
+def _free_prefix() -> str:
+    """A 10.N/16 no interface of this machine uses (other labs may run at the same time)."""
+    used = subprocess.run(["ip", "-4", "-o", "addr"], capture_output=True, text=True).stdout
+    for offset in range(50):
+        octet = 202 + (os.getpid() + offset) % 50
+        if f" 10.{octet}." not in used:
+            return f"10.{octet}"
+    raise RuntimeError("no free 10.N/16 for the node agent's test bridge")
 
 
 def _read_ready(agent: subprocess.Popen[str], timeout: float) -> str:

@@ -7,6 +7,7 @@ import os
 import pathlib
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -84,3 +85,47 @@ def test_atomic_write_replaces_content_and_stale_keys(tmp_path: pathlib.Path) ->
     assert not (tmp_path / "b").exists()
     assert not (tmp_path / first).exists()
     assert ((tmp_path / "a").stat().st_mode & 0o777) == 0o400
+
+
+def test_container_dies_with_the_process_that_started_it(tmp_path: pathlib.Path) -> None:
+    """PR_SET_PDEATHSIG: nothing outlives the agent (here a parent that is SIGKILLed)."""
+    spec = tmp_path / "spec.json"
+    spec.write_text(
+        json.dumps(
+            {
+                "mode": "run",
+                "argv": ["sleep", "600"],
+                "env": {"PATH": "/usr/bin:/bin"},
+                "uid": 1000,
+                "gid": 1000,
+                "errorFile": str(tmp_path / "error"),
+            }
+        )
+    )
+    parent = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import subprocess, sys, time\n"
+            f"child = subprocess.Popen([sys.executable, '-I', '-S', {SHIM!r}, {str(spec)!r}])\n"
+            "print(child.pid, flush=True)\n"
+            "time.sleep(600)\n",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert parent.stdout is not None
+    child = int(parent.stdout.readline())
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:  # wait until the shim has exec'd sleep
+        with open(f"/proc/{child}/cmdline", "rb") as handle:
+            if handle.read().startswith(b"sleep"):
+                break
+        time.sleep(0.05)
+    parent.kill()
+    parent.wait()
+    deadline = time.monotonic() + 5
+    while os.path.exists(f"/proc/{child}") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    status = pathlib.Path(f"/proc/{child}/status")
+    assert not status.exists() or "State:\tZ" in status.read_text()
