@@ -424,6 +424,13 @@ spec:
 """
 
 
+def _wait_for_file(path: pathlib.Path, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{path} did not appear"
+        time.sleep(0.1)
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -451,6 +458,40 @@ def test_deletion_sigterm_then_sigkill_after_the_grace_period(cluster: Cluster) 
         assert not _alive(pids[name])
     assert 3 <= took["stubborn"] < 12, took  # SIGKILL once the 3 s grace period ran out
     assert took["polite"] < 3, took  # gone as soon as it exited, not after 30 s
+
+
+def test_lifecycle_hooks_around_start_and_deletion(cluster: Cluster) -> None:
+    marker = cluster.tmp / "hooks"
+    cluster.apply(f"""
+apiVersion: v1
+kind: Pod
+metadata: {{name: hooked}}
+spec:
+  nodeName: gpu-0
+  terminationGracePeriodSeconds: 10
+  tolerations: [{{key: tidetune.io/online-serving, operator: Exists}}]
+  containers:
+  - name: main
+    image: alpine
+    command:
+    - sh
+    - -c
+    - "trap 'echo TERM >> /marker/log; exit 0' TERM; while true; do sleep 0.1; done"
+    lifecycle:
+      postStart: {{exec: {{command: ["sh", "-c", "echo postStart >> /marker/log"]}}}}
+      preStop: {{exec: {{command: ["sh", "-c", "echo preStop >> /marker/log; sleep 1"]}}}}
+    volumeMounts: [{{name: marker, mountPath: /marker}}]
+  volumes:
+  - {{name: marker, hostPath: {{path: {marker}, type: DirectoryOrCreate}}}}
+""")
+    cluster.wait_pod("hooked", phase_is("Running"), 60)
+    deadline = time.monotonic() + 10
+    while not (marker / "log").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    start = time.monotonic()
+    cluster.kubectl("delete", "pod", "-n", NS, "hooked", "--wait=true")
+    assert (marker / "log").read_text().split() == ["postStart", "preStop", "TERM"]
+    assert 1 <= time.monotonic() - start < 8  # the hook's second, then SIGTERM ends it
 
 
 def test_crash_loop_back_off(cluster: Cluster) -> None:
@@ -748,6 +789,7 @@ def test_reclaim_node_evicts_with_grace_then_deletes_it(cluster: Cluster) -> Non
         )
     )
     cluster.wait_pod("evictee", phase_is("Running"), 60)
+    _wait_for_file(marker / "evictee.pid")  # its SIGTERM handler is installed
     result = cluster.hooks.reclaim_node("spot-1", timeout=60)
     assert result["evicted"] == [f"{NS}/evictee"]
     assert cluster.get("pod", "evictee") is None

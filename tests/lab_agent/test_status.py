@@ -80,3 +80,32 @@ def test_container_status_shapes() -> None:
     assert status["lastState"] == {"terminated": {"exitCode": 1, "reason": "Error"}}
     assert status["restartCount"] == 2
     assert status["imageID"] == "lab://alpine:3"
+
+
+def test_readiness_gates_hold_ready_back() -> None:
+    from tests.lab.nodeagent.status import readiness_gates_problem
+
+    pod = {
+        "spec": {"readinessGates": [{"conditionType": "example.com/lb"}]},
+        "status": {"conditions": []},
+    }
+    problem = readiness_gates_problem(pod)
+    assert (
+        problem == 'corresponding condition of pod readiness gate "example.com/lb" does not exist.'
+    )
+    conditions = build_conditions(
+        sandbox_ready=True,
+        init=[],
+        main=[running("c")],
+        phase="Running",
+        previous=[],
+        gates_problem=problem,
+    )
+    by_type = {c["type"]: c for c in conditions}
+    assert by_type["ContainersReady"]["status"] == "True"
+    assert (by_type["Ready"]["status"], by_type["Ready"]["reason"]) == (
+        "False",
+        "ReadinessGatesNotReady",
+    )
+    pod["status"]["conditions"] = [{"type": "example.com/lb", "status": "True"}]
+    assert readiness_gates_problem(pod) == ""

@@ -168,7 +168,8 @@ class _Handler(BaseHTTPRequestHandler):
         previous = flag("previous")
         path, live, error = self.server.logs(namespace, pod, container, previous)
         if path is None:
-            self._error(404 if not error.startswith("previous") else 400, error)
+            # the kubelet: 404 for an unknown pod, 400 for a container without that log
+            self._error(404 if "not found on this node" in error else 400, error)
             return
         since_at = None
         if since is not None:

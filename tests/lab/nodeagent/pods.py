@@ -62,6 +62,7 @@ from tests.lab.nodeagent.status import (
     build_conditions,
     now_iso,
     pod_phase,
+    readiness_gates_problem,
     termination_reason,
 )
 from tests.lab.nodeagent.volumes import PodVolumes, VolumeError
@@ -242,6 +243,7 @@ class Container:
     oom_before: int = 0
     image_failures: int = 0
     prober: Prober | None = None
+    handlers: Handlers | None = None
     attempt: int = 0
     runs: int = 0
     done: bool = False  # will not run again
@@ -258,15 +260,21 @@ class Container:
         return self.log_dir / f"{attempt}.log"
 
     def signal(self, sig: int, *, group: bool = False) -> None:
+        """``sig`` to the main process; with ``group``, to every process of the container
+        (its cgroup when there is one, else its process group)."""
         if self.proc is None:
             return
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            if group:
-                os.killpg(self.proc.pid, sig)
-            else:
-                os.kill(self.proc.pid, sig)
-        if group and sig == signal.SIGKILL and self.cgroup is not None:
+        if not group:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                self.proc.send_signal(sig)  # never a reused pid: Popen checks it first
+            return
+        if self.cgroup is not None and sig == signal.SIGKILL:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                self.proc.send_signal(sig)
             self.cgroup.kill_all()
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, sig)
 
 
 class PodWorker(threading.Thread):
@@ -692,9 +700,18 @@ class PodWorker(threading.Thread):
         }
         record.started = not probes["startupProbe"]
         record.ready = not probes["readinessProbe"] and record.started
+        container.handlers = Handlers(self, container, ident, image, full_env)
         if any(probes.values()):
             container.prober = Prober(self, container, ident, image, full_env)
             container.prober.start()
+        post_start = (container.spec.get("lifecycle") or {}).get("postStart")
+        if post_start:
+            threading.Thread(
+                target=self._post_start,
+                args=(container, container.proc, post_start),
+                name=f"poststart-{container.name}",
+                daemon=True,
+            ).start()
         self.rt.event(
             self.pod,
             "Started",
@@ -858,12 +875,53 @@ class PodWorker(threading.Thread):
         )
         self._terminate(container, float(grace))
 
+    def _post_start(
+        self, container: Container, proc: subprocess.Popen[bytes] | None, hook: JSON
+    ) -> None:
+        """``lifecycle.postStart``; a failure kills the container (it restarts per policy)."""
+        handlers = container.handlers
+        if handlers is None or handlers.run(hook, 30.0) or container.proc is not proc:
+            return
+        self.rt.event(
+            self.pod,
+            "FailedPostStartHook",
+            f"PostStartHook failed for {container.name}",
+            warning=True,
+            node=self.node.name,
+        )
+        grace = (self.pod.get("spec") or {}).get("terminationGracePeriodSeconds", 30)
+        self._terminate(container, float(grace))
+
     def _terminate(self, container: Container, grace: float) -> None:
+        """``lifecycle.preStop`` (if any), SIGTERM, SIGKILL at the deadline (the kubelet's
+        order: the hook's time counts against the grace period, with 2 s left at least)."""
         if not container.running() or container.kill_deadline is not None:
             return
-        container.signal(signal.SIGTERM)
         container.kill_deadline = time.monotonic() + max(grace, 0.0)
-        self.wake()
+        pre_stop = (container.spec.get("lifecycle") or {}).get("preStop")
+        handlers = container.handlers
+        if not pre_stop or handlers is None:
+            container.signal(signal.SIGTERM)
+            self.wake()
+            return
+
+        def pre_stop_then_term() -> None:
+            if not handlers.run(pre_stop, max(grace, 1.0)):
+                self.rt.event(
+                    self.pod,
+                    "FailedPreStopHook",
+                    f"PreStopHook failed for {container.name}",
+                    warning=True,
+                    node=self.node.name,
+                )
+            container.signal(signal.SIGTERM)
+            if container.kill_deadline is not None:
+                container.kill_deadline = max(container.kill_deadline, time.monotonic() + 2.0)
+            self.wake()
+
+        threading.Thread(
+            target=pre_stop_then_term, name=f"prestop-{container.name}", daemon=True
+        ).start()
 
     def _terminate_all(self, grace: float, reason: str) -> None:
         for container in self.containers:
@@ -933,6 +991,7 @@ class PodWorker(threading.Thread):
             main=main,
             phase=phase,
             previous=self._conditions_prev,
+            gates_problem=readiness_gates_problem(self.pod),
         )
         self._conditions_prev = conditions
         status: JSON = {
@@ -989,9 +1048,7 @@ class Prober(threading.Thread):
         super().__init__(name=f"probe-{container.name}", daemon=True)
         self.worker = worker
         self.container = container
-        self.identity = ident
-        self.image = image
-        self.env = dict(env)
+        self.handlers = Handlers(worker, container, ident, image, env)
         self._stop_event = threading.Event()
         self.proc = container.proc
 
@@ -1026,7 +1083,7 @@ class Prober(threading.Thread):
                 entry = state[kind]
                 probe = entry["probe"]
                 entry["next"] = time.monotonic() + float(probe.get("periodSeconds", 10))
-                ok = self.probe_once(probe)
+                ok = self.handlers.run(probe, float(probe.get("timeoutSeconds", 1)))
                 if self._stop_event.is_set() or self.container.proc is not self.proc:
                     return
                 if ok:
@@ -1066,9 +1123,30 @@ class Prober(threading.Thread):
                         self.worker.wake()
             self._stop_event.wait(0.1)
 
-    def probe_once(self, probe: JSON) -> bool:
-        timeout = float(probe.get("timeoutSeconds", 1))
+
+class Handlers:
+    """Runs probe and lifecycle handlers against one container run."""
+
+    def __init__(
+        self,
+        worker: PodWorker,
+        container: Container,
+        ident: specs.Identity,
+        image: specs.ImageConfig,
+        env: Mapping[str, str],
+    ) -> None:
+        self.worker = worker
+        self.container = container
+        self.identity = ident
+        self.image = image
+        self.env = dict(env)
+
+    def run(self, probe: JSON, timeout: float) -> bool:
+        """One probe or lifecycle handler: exec, httpGet, tcpSocket or sleep; True on success."""
         try:
+            if "sleep" in probe:
+                time.sleep(float((probe["sleep"] or {}).get("seconds", 0)))
+                return True
             if "exec" in probe:
                 return self._exec(probe["exec"].get("command") or [], timeout)
             if "httpGet" in probe:
@@ -1078,7 +1156,7 @@ class Prober(threading.Thread):
                 host = probe["tcpSocket"].get("host") or self.worker.pod_ip
                 with socket.create_connection((host, port), timeout=timeout):
                     return True
-            logger.warning("probe %s: no supported handler (exec, httpGet, tcpSocket)", probe)
+            logger.warning("handler %s: not supported (exec, httpGet, tcpSocket, sleep)", probe)
             return False
         except (OSError, http.client.HTTPException, ValueError):
             return False

@@ -18,6 +18,7 @@ __all__ = [
     "build_conditions",
     "now_iso",
     "pod_phase",
+    "readiness_gates_problem",
     "termination_reason",
 ]
 
@@ -143,7 +144,12 @@ def pod_phase(
 
 
 def _condition(
-    kind: str, ok: bool, previous: Mapping[str, JSON], reason: str = "", message: str = ""
+    kind: str,
+    ok: bool,
+    reason: str = "",
+    message: str = "",
+    *,
+    previous: Mapping[str, JSON],
 ) -> JSON:
     status = "True" if ok else "False"
     old = previous.get(kind)
@@ -168,22 +174,27 @@ def build_conditions(
     main: Sequence[ContainerRecord],
     phase: str,
     previous: Sequence[JSON],
+    gates_problem: str = "",
 ) -> list[JSON]:
-    """The four conditions the kubelet owns, keeping each transition time while unchanged."""
+    """The four conditions the kubelet owns, keeping each transition time while unchanged.
+
+    ``gates_problem`` says which ``readinessGates`` condition is not True (then Ready is
+    False with ``ReadinessGatesNotReady`` even when the containers are ready).
+    """
     prev = {c.get("type", ""): c for c in previous}
     completed = phase in {"Succeeded", "Failed"}
     pending_init = [c.name for c in init if not c.sidecar and not c.succeeded()]
     pending_init += [c.name for c in init if c.sidecar and not c.ready]
     initialized = not pending_init or (completed and not any(c.failed() for c in init))
     if initialized:
-        init_condition = _condition("Initialized", True, prev)
+        init_condition = _condition("Initialized", True, previous=prev)
     else:
         init_condition = _condition(
             "Initialized",
             False,
-            prev,
             "ContainersNotInitialized",
             f"containers with incomplete status: [{' '.join(pending_init)}]",
+            previous=prev,
         )
     unready = [c.name for c in main if not c.ready]
     if completed:
@@ -197,8 +208,31 @@ def build_conditions(
     else:
         ready_args = (True, "", "")
     return [
-        _condition("PodReadyToStartContainers", sandbox_ready and not completed, prev),
+        _condition("PodReadyToStartContainers", sandbox_ready and not completed, previous=prev),
         init_condition,
-        _condition("ContainersReady", ready_args[0], prev, ready_args[1], ready_args[2]),
-        _condition("Ready", ready_args[0], prev, ready_args[1], ready_args[2]),
+        _condition("ContainersReady", *ready_args, previous=prev),
+        _condition("Ready", *_ready_with_gates(ready_args, gates_problem), previous=prev),
     ]
+
+
+def _ready_with_gates(
+    containers: tuple[bool, str, str], gates_problem: str
+) -> tuple[bool, str, str]:
+    if containers[0] and gates_problem:
+        return False, "ReadinessGatesNotReady", gates_problem
+    return containers
+
+
+def readiness_gates_problem(pod: JSON) -> str:
+    """The kubelet's message for the first readiness gate whose condition is not True."""
+    conditions = {c.get("type"): c for c in (pod.get("status") or {}).get("conditions") or []}
+    for gate in (pod.get("spec") or {}).get("readinessGates") or []:
+        kind = gate.get("conditionType", "")
+        if kind not in conditions:
+            return f'corresponding condition of pod readiness gate "{kind}" does not exist.'
+        if conditions[kind].get("status") != "True":
+            return (
+                f'the status of pod readiness gate "{kind}" is not "True", but '
+                f"{conditions[kind].get('status')}"
+            )
+    return ""
