@@ -283,11 +283,12 @@ def model_dir(
     template: str | None = None,
     seed: int = 0,
     dtype: Any = None,
+    **overrides: Any,
 ) -> Path:
     """Save a tiny ``arch`` model with a real tokenizer into ``dest`` (a ``file://`` base
     model for jobs)."""
     tok = load_tokenizer(vocab or ARCH_VOCAB[arch], template)
-    model = tiny_model(arch, tok, seed=seed, dtype=dtype)
+    model = tiny_model(arch, tok, seed=seed, dtype=dtype, **overrides)
     model.save_pretrained(str(dest))
     tok.save_pretrained(str(dest))
     return dest

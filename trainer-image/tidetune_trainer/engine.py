@@ -30,7 +30,7 @@ import logging
 import math
 import os
 import random
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -136,10 +136,15 @@ def lr_lambda(cfg: TrainConfig, total_steps: int) -> Any:
     return f
 
 
-def apply_tuning(model: torch.nn.Module, cfg: TrainConfig) -> torch.nn.Module:
+def apply_tuning(
+    model: torch.nn.Module, cfg: TrainConfig, trainable_tokens: Sequence[int] = ()
+) -> torch.nn.Module:
     """Wrap ``model`` with a LoRA adapter (peft) or unfreeze it for full tuning.
 
-    ``all-linear`` adapts every linear layer but the LM head. Raises
+    ``all-linear`` adapts every linear layer but the LM head. ``trainable_tokens`` are
+    token ids whose embedding rows (and output rows, tied or not) train alongside the
+    adapter: the chat tokens added to a base model, which LoRA alone could never learn
+    to emit. Raises
     :class:`UnsupportedError` naming ``spec.tuning.lora.targetModules`` when no module
     matches.
     """
@@ -154,7 +159,15 @@ def apply_tuning(model: torch.nn.Module, cfg: TrainConfig) -> torch.nn.Module:
         targets = "all-linear"
     else:
         targets = list(cfg.lora_target_modules)
+    token_indices: dict[str, list[int]] | None = None
+    if trainable_tokens:
+        token_indices = {}
+        for layer in (model.get_input_embeddings(), model.get_output_embeddings()):  # type: ignore[operator]
+            name = next((n for n, m in model.named_modules() if m is layer), None)
+            if name and isinstance(layer, (torch.nn.Embedding, torch.nn.Linear)):
+                token_indices.setdefault(name.rsplit(".", 1)[-1], sorted(set(trainable_tokens)))
     lcfg = LoraConfig(
+        trainable_token_indices=token_indices,
         r=cfg.lora_rank,
         lora_alpha=cfg.lora_alpha,  # type: ignore[arg-type]  # peft takes floats
         lora_dropout=cfg.lora_dropout,
@@ -322,13 +335,15 @@ class Engine:
         total_steps: int,
         *,
         extra_modules: dict[str, torch.nn.Module] | None = None,
+        trainable_tokens: Sequence[int] = (),
     ) -> Engine:
         """Apply the tuning (LoRA/full), build AdamW and the LR schedule, and let
         Accelerate/DeepSpeed wrap them. ``model`` is the freshly loaded base model.
 
         ``extra_modules`` (e.g. PPO's ``v_head``) are attached to the tuned model as
-        trainable submodules: trained, checkpointed and resumed with it, never exported."""
-        model = apply_tuning(model, cfg)
+        trainable submodules: trained, checkpointed and resumed with it, never exported.
+        ``trainable_tokens``: see :func:`apply_tuning`."""
+        model = apply_tuning(model, cfg, trainable_tokens)
         for name, module in (extra_modules or {}).items():
             for p in module.parameters():
                 p.requires_grad_(True)
@@ -575,7 +590,8 @@ class Engine:
                 empty = [k for k, v in adapter.items() if v.numel() == 0]
                 if empty or not adapter:
                     raise RuntimeError(f"adapter tensors came out empty: {empty[:3]}")
-                model.save_pretrained(str(directory), state_dict=adapter, safe_serialization=True)
+                # save_pretrained selects the adapter's tensors from the trainable ones itself
+                model.save_pretrained(str(directory), state_dict=trainable, safe_serialization=True)
         else:
             full = self.full_state_dict()
             if self.extra_prefixes:

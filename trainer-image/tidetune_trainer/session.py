@@ -89,6 +89,8 @@ class Session:
     run_key: str = field(init=False)
     reporter: Any = None
     estimate: EstimateDocument | None = None
+    #: token ids added to the base model's tokenizer (the chat tokens), trained under LoRA
+    added_tokens: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.run_store, self.run_key = open_store(self.run_uri, self.credentials)
@@ -149,8 +151,9 @@ class Session:
     def prepare_data(self, method: str) -> tuple[Any, Any]:
         """Read, validate, split, tokenize and pack the data; train the tiny tokenizer
         when the model is ``builtin://tiny-llama``. Returns (PreparedData, tokenizer)."""
+        from tidetune_trainer.data.chat import uses_builtin_template
         from tidetune_trainer.data.prepare import DataSettings, load_data, prepare_data
-        from tidetune_trainer.tiny import ModelLoadError, load_tokenizer
+        from tidetune_trainer.tiny import ModelLoadError, chat_token_ids, is_builtin, load_tokenizer
 
         settings = DataSettings.from_spec(self.spec)
         loaded = load_data(settings, self.credentials)
@@ -163,6 +166,9 @@ class Session:
             )
         except ModelLoadError as e:
             raise BadInputError(f"spec.baseModel.uri: {e}") from None
+        if not is_builtin(self.spec.base_model.uri) and uses_builtin_template(tokenizer):
+            # a base model given the TideTune chat tokens: their rows must train
+            self.added_tokens = chat_token_ids(tokenizer)
         prepared = prepare_data(loaded, tokenizer, settings, method=method)
         if self.is_main:
             self.run_store.write_text(
@@ -240,7 +246,9 @@ class Session:
         from tidetune_trainer.engine import Engine
 
         _, total = self.steps(rows)
-        return Engine.create(self.cfg, self.accelerator, model, total)
+        return Engine.create(
+            self.cfg, self.accelerator, model, total, trainable_tokens=self.added_tokens
+        )
 
     def make_loop(
         self, engine: Any, objective: Any, train_rows: Any, validation_rows: Any, tokenizer: Any

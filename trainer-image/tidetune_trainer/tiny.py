@@ -12,7 +12,9 @@ Real models load with ``AutoModelForCausalLM``/``AutoTokenizer.from_pretrained``
 local directory: ``file://`` or plain paths, ``pvc://claim/path`` (the mounted claim),
 or ``s3://bucket/prefix`` (downloaded to a cache directory first). Nothing is ever
 downloaded from a model hub: ``hf://org/name`` is refused with a clear error unless
-``TIDETUNE_ALLOW_HUB=1`` is set (for clusters that can reach a hub).
+``TIDETUNE_ALLOW_HUB=1`` is set (for clusters that can reach a hub). A tokenizer without
+a chat template (a base model's) gets the TideTune template and its special tokens, and
+the model's embeddings grow to match (:func:`add_chat_template`, :func:`fit_embeddings`).
 """
 
 from __future__ import annotations
@@ -254,7 +256,51 @@ def load_tokenizer(
         raise ModelLoadError(f"{uri}: cannot load the tokenizer: {e}") from None
     if tok.pad_token is None and tok.eos_token is not None:
         tok.pad_token = tok.eos_token
+    add_chat_template(tok)
     return tok
+
+
+def add_chat_template(tokenizer: Any) -> list[int]:
+    """Give a tokenizer without a chat template (a base model's) the TideTune template and
+    its special tokens, so ``<|end|>`` is one token the model learns to stop on and the
+    exported tokenizer renders conversations as in training.
+
+    Returns the ids of the chat tokens (``[]`` when the tokenizer has a template). The
+    model's embeddings must then cover ``len(tokenizer)`` (:func:`fit_embeddings`).
+    """
+    if getattr(tokenizer, "chat_template", None):
+        return []
+    tokenizer.add_tokens(list(CHAT_SPECIAL_TOKENS), special_tokens=True)
+    tokenizer.chat_template = TIDETUNE_CHAT_TEMPLATE
+    return chat_token_ids(tokenizer)
+
+
+def chat_token_ids(tokenizer: Any) -> list[int]:
+    """The ids of the TideTune chat tokens in ``tokenizer``."""
+    return [int(tokenizer.convert_tokens_to_ids(t)) for t in CHAT_SPECIAL_TOKENS]
+
+
+def fit_embeddings(model: Any, tokenizer: Any) -> bool:
+    """Grow the model's embeddings (and output layer) to ``len(tokenizer)`` rows, rounded up
+    to 64, when tokens were added; new rows start at the mean of the old ones. When the
+    tokenizer carries the TideTune template, ``<|end|>`` also ends generation. Returns
+    whether the embeddings grew."""
+    rows = model.get_input_embeddings().weight.shape[0]
+    grew = bool(len(tokenizer) > rows)
+    if grew:
+        model.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=64)
+    if getattr(tokenizer, "chat_template", None) == TIDETUNE_CHAT_TEMPLATE:
+        gen = getattr(model, "generation_config", None)
+        end = int(tokenizer.convert_tokens_to_ids("<|end|>"))
+        if gen is not None:
+            eos = gen.eos_token_id
+            ids = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
+            if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
+                ids.append(int(tokenizer.eos_token_id))
+            if end not in ids:
+                ids.append(end)
+            gen.eos_token_id = ids
+    return grew
 
 
 def _hub(uri: str) -> bool:
@@ -289,8 +335,11 @@ def load_model(
 
     local = resolve_model_dir(uri, cache_dir=cache_dir, credentials=credentials)
     try:
-        return AutoModelForCausalLM.from_pretrained(
+        model = AutoModelForCausalLM.from_pretrained(
             local, local_files_only=not _hub(uri), **from_pretrained
         )
     except (OSError, ValueError) as e:
         raise ModelLoadError(f"{uri}: cannot load the model: {e}") from None
+    if tokenizer is not None:
+        fit_embeddings(model, tokenizer)
+    return model
