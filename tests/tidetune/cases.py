@@ -330,6 +330,8 @@ GOOD: list[tuple[str, str, dict[str, Any]]] = [
     ("example-dpo", DPO, {}),
     ("example-cpt", "cpt.yaml", {}),
     ("example-grpo", GRPO, {}),
+    ("example-grpo-quickstart", "grpo-quickstart.yaml", {}),
+    ("example-ppo", "ppo.yaml", {}),
     (
         "grpo-every-preset",
         GRPO,

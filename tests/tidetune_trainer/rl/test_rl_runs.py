@@ -169,3 +169,75 @@ def test_a_broken_reward_function_fails_the_job_naming_the_rule(
     message = term.read_text()
     assert message.startswith("spec.rl.rewards[2] (r/reward.py:score): KeyError: 'nope'"), message
     assert "reward.py, line 2, in score" in message and "Traceback" not in message
+
+
+@pytest.mark.slow
+def test_grpo_zero2_two_processes_and_resume(tmp_path: Path, arithmetic: Path) -> None:
+    """DeepSpeed ZeRO-2 on CPU, two torchrun ranks (each samples its own prompts; the
+    metrics are averaged over ranks); stopped at step 2 and resumed, same trajectory."""
+    job, env = rl_job(
+        tmp_path,
+        arithmetic,
+        deepspeed={"zeroStage": 2},
+        hyperparameters={"maxSteps": 4},
+        checkpointing={"everySteps": 2, "keep": 2},
+    )
+    full = run_trainer(job, tmp_path / "full", nproc=2, env=env, timeout=600)
+    assert full.returncode == 0, explain(full)
+    a = [(m["loss"], m["reward"]) for m in metrics(tmp_path / "full") if "loss" in m]
+    assert len(a) == 4
+    first = run_trainer(
+        job, tmp_path / "int", nproc=2, env={**env, "TIDETUNE_STOP_AT_STEP": "2"}, timeout=600
+    )
+    assert first.returncode == exitcodes.PREEMPTED, explain(first)
+    second = run_trainer(job, tmp_path / "int", nproc=2, env=env, timeout=600)
+    assert second.returncode == 0, explain(second)
+    b = [(m["loss"], m["reward"]) for m in metrics(tmp_path / "int") if "loss" in m]
+    assert a == b
+
+
+def test_tidetune_run_takes_the_reward_configmap_from_the_file(
+    tmp_path: Path, arithmetic: Path
+) -> None:
+    import subprocess
+    import sys
+
+    import yaml
+
+    from ..conftest import trainer_env
+
+    job, _ = rl_job(tmp_path, arithmetic, hyperparameters={"maxSteps": 2})
+    body = yaml.safe_load(job.read_text())
+    body["metadata"].pop("uid")
+    configmap = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "r", "namespace": "test"},
+        "data": {"reward.py": SOURCE.replace("count('1')", "count('1') + 100")},
+    }
+    job.write_text(yaml.safe_dump_all([configmap, body]))
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tidetune",
+            "run",
+            str(job),
+            "--workdir",
+            str(tmp_path / "wd"),
+            "--json",
+        ],
+        env=trainer_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    status = json.loads(proc.stdout)["status"]
+    assert status["phase"] == "Succeeded"
+    assert status["metrics"]["reward"] >= 0.25 * 100  # the file's function ran
+    (run_dir,) = (tmp_path / "wd" / "store" / "runs" / "test" / "t").iterdir()
+    assert (run_dir / "reward-sources" / "r" / "reward.py").read_text() == configmap["data"][
+        "reward.py"
+    ]
