@@ -42,6 +42,12 @@ STATUS_METRICS: Final = {
 }
 
 
+#: where the trainer finds reward functions' sources: ``<dir>/<configmap>/<key>`` (the
+#: operator mounts each referenced ConfigMap there; ``tidetune run`` lays out the file's)
+REWARD_SOURCES_ENV: Final = "TIDETUNE_REWARD_SOURCES"
+REWARD_SOURCES_MOUNT: Final = "/etc/tidetune-rewards"
+
+
 def job_root(output_base: str, namespace: str, name: str, uid: str) -> str:
     """``<output base>/<namespace>/<name>/<uid>`` (no trailing slash)."""
     return f"{output_base.rstrip('/')}/{namespace}/{name}/{uid}"

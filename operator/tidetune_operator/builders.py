@@ -124,6 +124,27 @@ def claim_volumes(job: FineTuneJob) -> tuple[list[dict[str, Any]], list[dict[str
     return volumes, mounts
 
 
+def reward_volumes(job: FineTuneJob) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Volumes and read-only mounts at ``/etc/tidetune-rewards/<configmap>/`` for the
+    ConfigMaps that hold the job's reward functions (only the keys it names)."""
+    keys: dict[str, list[str]] = {}
+    rl = job.spec.rl
+    for r in rl.rewards if rl is not None else []:
+        if r.function is not None:
+            ref = r.function.config_map_ref
+            if ref.key not in keys.setdefault(ref.name, []):
+                keys[ref.name].append(ref.key)
+    volumes, mounts = [], []
+    for cm, names in keys.items():
+        vol = f"rewards-{_truncate(cm.replace('.', '-'), 40)}-{short_hash(cm)}"
+        items = [{"key": k, "path": k} for k in names]
+        volumes.append({"name": vol, "configMap": {"name": cm, "items": items}})
+        mounts.append(
+            {"name": vol, "mountPath": f"{layout.REWARD_SOURCES_MOUNT}/{cm}", "readOnly": True}
+        )
+    return volumes, mounts
+
+
 def owner_reference(job: FineTuneJob) -> dict[str, Any]:
     return {
         "apiVersion": job.api_version,
@@ -300,6 +321,9 @@ def pod_template(
     if job.spec.model_scheme != "hf":
         env.append({"name": "HF_HUB_OFFLINE", "value": "1"})
     claim_vols, claim_mounts = claim_volumes(job)
+    reward_vols, reward_mounts = reward_volumes(job)
+    if reward_vols:
+        env.append({"name": layout.REWARD_SOURCES_ENV, "value": layout.REWARD_SOURCES_MOUNT})
     container: dict[str, Any] = {
         "name": "pytorch",
         "image": config.trainer_image,
@@ -315,6 +339,7 @@ def pod_template(
             {"name": "scratch", "mountPath": "/tmp"},
             {"name": "dshm", "mountPath": "/dev/shm"},
             *claim_mounts,
+            *reward_mounts,
         ],
         "terminationMessagePath": layout.TERMINATION_LOG_PATH,
         "terminationMessagePolicy": "FallbackToLogsOnError",
@@ -331,6 +356,7 @@ def pod_template(
             {"name": "scratch", "emptyDir": {}},
             {"name": "dshm", "emptyDir": {"medium": "Memory"}},
             *claim_vols,
+            *reward_vols,
         ],
     }
     if pool is not None:

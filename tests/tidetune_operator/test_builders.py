@@ -267,3 +267,47 @@ def test_every_claim_the_spec_names_is_mounted_read_only(config: OperatorConfig)
     plain = builders.build_pytorchjob(make_job(), config, None, attempt=1, suspend=False)
     spec = plain["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]
     assert not [v for v in spec["volumes"] if "persistentVolumeClaim" in v]
+
+
+def test_reward_function_configmaps_are_mounted_where_the_trainer_reads_them(
+    config: OperatorConfig,
+) -> None:
+    fn = {"configMapRef": {"name": "math.rewards", "key": "reward.py"}, "entrypoint": "score"}
+    other = {"configMapRef": {"name": "math.rewards", "key": "extra.py"}}
+    job = make_job(
+        edits={
+            "spec.method": "grpo",
+            "spec.data.train.format": "prompt-completion",
+            "spec.rl": {
+                "rewards": [
+                    {"preset": "exact-match"},
+                    {"function": fn},
+                    {"function": {**fn, "entrypoint": "other"}},
+                    {"function": other},
+                ]
+            },
+        }
+    )
+    obj = PyTorchJobLauncher().build(job, config, None, 1, False)
+    pod = obj["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]
+    container = pod["containers"][0]
+    (vol,) = [
+        v for v in pod["volumes"] if "configMap" in v and v["configMap"]["name"] == "math.rewards"
+    ]
+    assert vol["configMap"]["items"] == [
+        {"key": "reward.py", "path": "reward.py"},
+        {"key": "extra.py", "path": "extra.py"},
+    ]
+    assert builders.DNS_1035.match(vol["name"])
+    (mount,) = [m for m in container["volumeMounts"] if m["name"] == vol["name"]]
+    assert mount == {
+        "name": vol["name"],
+        "mountPath": "/etc/tidetune-rewards/math.rewards",
+        "readOnly": True,
+    }
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["TIDETUNE_REWARD_SOURCES"] == "/etc/tidetune-rewards"
+    # an SFT job mounts none
+    plain = PyTorchJobLauncher().build(make_job(), config, None, 1, False)
+    ppod = plain["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]
+    assert not any(v["name"].startswith("rewards-") for v in ppod["volumes"])

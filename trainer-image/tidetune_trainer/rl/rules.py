@@ -2,9 +2,8 @@
 
 Where a function's source comes from:
 
-- on a cluster, the operator mounts each referenced ConfigMap key at
-  ``/etc/tidetune/rewards/<configmap>/<key>`` (``TIDETUNE_REWARD_SOURCES`` overrides
-  the folder);
+- on a cluster, the operator mounts each referenced ConfigMap at
+  ``/etc/tidetune-rewards/<configmap>/`` (``TIDETUNE_REWARD_SOURCES`` names the folder);
 - ``tidetune run`` and ``tidetune rewards test`` read the ConfigMaps from the same
   multi-document YAML file as the job (``tidetune run`` copies them into the run folder
   and points ``TIDETUNE_REWARD_SOURCES`` there).
@@ -19,11 +18,10 @@ from typing import Any
 
 import yaml
 
+from tidetune.layout import REWARD_SOURCES_ENV
+from tidetune.layout import REWARD_SOURCES_MOUNT as DEFAULT_REWARD_SOURCES
 from tidetune_trainer.rl.rewards import RewardError, RewardSet, Rule, build_presets, rule_name
 from tidetune_trainer.rl.sandbox import Limits, Sandbox, UserFunction
-
-REWARD_SOURCES_ENV = "TIDETUNE_REWARD_SOURCES"
-DEFAULT_REWARD_SOURCES = "/etc/tidetune/rewards"
 
 #: (configmap name, key) -> the source text, or None when missing
 SourceLookup = Callable[[str, str], str | None]
