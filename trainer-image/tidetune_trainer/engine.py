@@ -12,6 +12,8 @@ Supports:
 - LoRA through peft (rank, alpha, dropout, target modules, ``all-linear``) or full
   tuning; ``loadIn4bit`` (QLoRA, bitsandbytes) only with CUDA, otherwise
   :class:`UnsupportedError` naming ``spec.tuning.loadIn4bit``.
+- Trainable parameters are fp32 master weights (:func:`upcast_trainable`), whatever the
+  checkpoint's dtype; DeepSpeed with bf16/fp16 keeps its own fp32 masters.
 - A custom step: the caller computes each micro-batch's loss already normalised by the
   whole optimizer step's token count (see :mod:`tidetune_trainer.loop`);
   :meth:`Engine.backward` and :meth:`Engine.step` do the rest (no-sync micro-steps,
@@ -192,6 +194,17 @@ def apply_tuning(
     return peft_model
 
 
+def upcast_trainable(params: Sequence[torch.nn.Parameter]) -> int:
+    """Hold trainable floating-point parameters in fp32 (the forward runs under autocast in
+    the mixed precision, or in fp32 on CPU). Returns how many were converted."""
+    n = 0
+    for p in params:
+        if p.is_floating_point() and p.dtype != torch.float32:
+            p.data = p.data.float()
+            n += 1
+    return n
+
+
 def check_4bit(cfg: TrainConfig) -> None:
     """Raise :class:`UnsupportedError` when 4-bit loading is asked for but impossible."""
     if not cfg.load_in_4bit:
@@ -354,6 +367,11 @@ class Engine:
         params = [p for p in model.parameters() if p.requires_grad]
         if not params:
             raise UnsupportedError("the model has no trainable parameters; check spec.tuning")
+        if not (use_deepspeed(cfg) and mixed_precision() in ("bf16", "fp16")):
+            # fp32 master weights: an update of lr 1e-5 is below bf16's resolution for
+            # most weights, so a bf16 checkpoint trained in place would barely move.
+            # (DeepSpeed with bf16/fp16 keeps fp32 masters in its optimizer itself.)
+            upcast_trainable(params)
         decay = [p for p in params if p.ndim >= 2]
         no_decay = [p for p in params if p.ndim < 2]
         groups = [{"params": decay, "weight_decay": cfg.weight_decay}]

@@ -242,30 +242,26 @@ def tokenize_preference(
     """Tokenize ``preference`` records into DPO pairs.
 
     The prompt is the conversation before the candidates, rendered with the generation
-    prompt; each answer is its text plus the end-of-turn marker (``<|end|>`` with our
-    template, EOS with a tokenizer's own). Pairs longer than ``max_seq_length`` keep the
-    end of the prompt (at least half of the length) and the start of the answers.
+    prompt. With the TideTune template each answer is its text plus ``<|end|>``. With a
+    tokenizer's own template the template ends the answers, as in SFT: the prompt and
+    prompt + answer are rendered and tokenized, and each answer is what follows the
+    tokens they share (TRL's ``DPOTrainer`` does the same), e.g. ``yes<|im_end|>\n``.
+    Pairs longer than ``max_seq_length`` keep the end of the prompt (at least half of the
+    length) and the start of the answers.
     """
     _check_fast(tokenizer)
     stats = TokenizeStats(samples_in=len(records))
-    builtin = uses_builtin_template(tokenizer)
-    eos_text = END if builtin else (getattr(tokenizer, "eos_token", None) or "")
-    prompts: list[str] = []
-    answers: list[str] = []
     for r in records:
         if not isinstance(r, PreferenceRecord):
             raise DataConfigError(f"{r.origin}: method dpo needs records of format preference")
-        text, _ = render_chat(r.prompt, tokenizer, add_generation_prompt=True)
-        if builtin:
-            assert text.endswith(GENERATION_PROMPT)
-        prompts.append(text)
-        answers.append(r.chosen + eos_text)
-        answers.append(r.rejected + eos_text)
-    p_ids, _ = _encode(tokenizer, prompts)
-    a_ids, _ = _encode(tokenizer, answers)
+    prefs = [r for r in records if isinstance(r, PreferenceRecord)]
+    triples = (
+        _builtin_pairs(prefs, tokenizer)
+        if uses_builtin_template(tokenizer)
+        else [_template_pair(r, tokenizer) for r in prefs]
+    )
     out: list[PreferenceSample] = []
-    for i, r in enumerate(records):
-        p, c, rj = list(p_ids[i]), list(a_ids[2 * i]), list(a_ids[2 * i + 1])
+    for r, (p, c, rj) in zip(prefs, triples, strict=True):
         longest = max(len(c), len(rj))
         stats.raw_lengths.append(len(p) + longest)
         if len(p) + longest > max_seq_length:
@@ -281,3 +277,48 @@ def tokenize_preference(
             continue
         out.append(PreferenceSample(p, c, rj, [1.0] * len(c), [1.0] * len(rj), r.origin))
     return out, stats
+
+
+def _builtin_pairs(
+    records: Sequence[PreferenceRecord], tokenizer: Any
+) -> list[tuple[list[int], list[int], list[int]]]:
+    """(prompt, chosen, rejected) ids with the TideTune template: answers end with ``<|end|>``."""
+    prompts: list[str] = []
+    answers: list[str] = []
+    for r in records:
+        text, _ = render_chat(r.prompt, tokenizer, add_generation_prompt=True)
+        assert text.endswith(GENERATION_PROMPT)
+        prompts.append(text)
+        answers.append(r.chosen + END)
+        answers.append(r.rejected + END)
+    p_ids, _ = _encode(tokenizer, prompts)
+    a_ids, _ = _encode(tokenizer, answers)
+    return [
+        (list(p_ids[i]), list(a_ids[2 * i]), list(a_ids[2 * i + 1])) for i in range(len(records))
+    ]
+
+
+def _template_pair(r: PreferenceRecord, tokenizer: Any) -> tuple[list[int], list[int], list[int]]:
+    """(prompt, chosen, rejected) ids ended by the tokenizer's own template."""
+    prompt = [{"role": m.role, "content": m.content} for m in r.prompt]
+
+    def ids(msgs: list[dict[str, str]], gen: bool) -> list[int]:
+        out = tokenizer.apply_chat_template(
+            msgs, tokenize=True, return_dict=True, add_generation_prompt=gen
+        )
+        return list(out["input_ids"])
+
+    p = ids(prompt, True)
+    pc = ids([*prompt, {"role": "assistant", "content": r.chosen}], False)
+    pr = ids([*prompt, {"role": "assistant", "content": r.rejected}], False)
+    n = min(_common_prefix(p, pc), _common_prefix(p, pr))
+    return p[:n], pc[n:], pr[n:]
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n

@@ -10,8 +10,11 @@ Setup → train → save, as in :mod:`tidetune_trainer.recipes.sft`, with:
   with ``β = spec.dpo.beta`` and log-likelihoods summed over the answer tokens; the
   step's loss is the mean over all pairs of the step (micro-batches and ranks).
 - the reference model is the base model itself with the LoRA adapter disabled (LoRA),
-  or a frozen copy of the base model made before training (full tuning; under ZeRO-3
-  this copy is not sharded).
+  or a frozen copy of the base model made before training (full tuning; under ZeRO-3,
+  whose shards cannot be copied, the base model is loaded again whole, not sharded).
+  Reference log-probs are computed in eval mode (no dropout).
+- answers end as the chat template ends an assistant turn (``<|im_end|>``, ``<|eot_id|>``,
+  …; ``<|end|>`` with the TideTune template): the same ending SFT trains.
 - extra metrics per logged step: ``rewardAccuracy`` (share of pairs whose implicit
   reward prefers the chosen answer) and ``rewardMargin`` (mean β-scaled margin).
 
@@ -69,8 +72,11 @@ class DPOObjective:
         return sequence_logps(out.logits, batch)
 
     def reference_logps(self, engine: Engine, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The reference's log-likelihoods, in eval mode (no dropout: the reference is a
+        fixed function of the batch), the policy's mode restored afterwards."""
         with torch.no_grad():
             if self.reference is not None:
+                self.reference.eval()
                 return self._forward(self.reference, batch)
             model = engine.unwrapped()
             ctx = (
@@ -78,8 +84,13 @@ class DPOObjective:
                 if hasattr(model, "disable_adapter")
                 else contextlib.nullcontext()
             )
-            with ctx:
-                return self._forward(model, batch)
+            was_training = model.training
+            model.eval()
+            try:
+                with ctx:
+                    return self._forward(model, batch)
+            finally:
+                model.train(was_training)
 
     def loss_sum(
         self, engine: Engine, batch: dict[str, torch.Tensor]
@@ -106,13 +117,37 @@ def frozen_reference(model: torch.nn.Module) -> torch.nn.Module:
     return ref
 
 
+def is_partitioned(model: torch.nn.Module) -> bool:
+    """Whether ZeRO-3 partitioned the model's parameters as it was built (each rank then
+    holds only a shard; a copy of it would be empty)."""
+    return any(hasattr(p, "ds_id") for p in model.parameters())
+
+
+def reference_model(session: Any, model: torch.nn.Module, tokenizer: Any) -> torch.nn.Module:
+    """The full-tuning reference: a frozen copy of ``model``; under ZeRO-3, whose shards
+    cannot be copied, the base model loaded again whole (not sharded) instead."""
+    if not is_partitioned(model):
+        return frozen_reference(model)
+    from transformers.integrations import deepspeed as hf_deepspeed
+
+    saved = hf_deepspeed._hf_deepspeed_config_weak_ref
+    hf_deepspeed.unset_hf_deepspeed_config()  # type: ignore[no-untyped-call]  # load whole
+    try:
+        ref: torch.nn.Module = session.load_model(tokenizer)
+    finally:
+        hf_deepspeed._hf_deepspeed_config_weak_ref = saved
+    if is_partitioned(ref):
+        raise RuntimeError("the DPO reference model came out ZeRO-3 partitioned")
+    return frozen_reference(ref)
+
+
 def run(session: Any) -> None:
     """Train and export a DPO job."""
     # ---- setup
     data, tokenizer = session.prepare_data("dpo")
     model = session.load_model(tokenizer)
     session.write_estimate(data.report.tokens, model, rows=len(data.train_pairs))
-    reference = frozen_reference(model) if session.cfg.tuning == "full" else None
+    reference = reference_model(session, model, tokenizer) if session.cfg.tuning == "full" else None
     engine = session.create_engine(model, rows=len(data.train_pairs))
     if reference is not None:
         reference.to(engine.device)
