@@ -278,6 +278,7 @@ class Agent:
             fieldSelector=f"spec.nodeName={spec.name}",
         ).start()
         node.informer.synced.wait(30)
+        logger.info("node %s registered (%s, pods from %s)", spec.name, spec.address, spec.pod_cidr)
 
     def _node_object(self, spec: NodeSpec) -> JSON:
         labels = {

@@ -41,6 +41,7 @@ import os
 import pathlib
 import queue
 import secrets
+import select
 import selectors
 import shutil
 import signal
@@ -321,6 +322,7 @@ class PodWorker(threading.Thread):
             for c in spec.get("containers") or []
         ]
         self._conditions_prev: list[JSON] = []
+        self._last_warning = 0.0
 
     # --- inputs from other threads ------------------------------------------------------
 
@@ -672,19 +674,31 @@ class PodWorker(threading.Thread):
             "agentPid": os.getpid(),
             "errorFile": str(container.error_file),
             "cgroupProcs": container.cgroup.procs_file if container.cgroup else None,
+            "execFd": None,
         }
+        # the shim's copy of exec_w closes on exec (or its exit): then the container runs in
+        # its namespaces, and hooks and exec probes may enter them
+        exec_r, exec_w = os.pipe()
+        shim_spec["execFd"] = exec_w
         spec_file = cdir / f"{attempt}.shim.json"
         spec_file.write_text(json.dumps(shim_spec))
         spec_file.chmod(0o600)
-        container.proc = self.rt.spawner.popen(
-            [sys.executable, "-I", "-S", SHIM, str(spec_file)],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            close_fds=True,
-            env={},
-        )
+        try:
+            container.proc = self.rt.spawner.popen(
+                [sys.executable, "-I", "-S", SHIM, str(spec_file)],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                pass_fds=(exec_w,),
+                env={},
+            )
+        finally:
+            os.close(exec_w)
         LogWriter(container.proc, container.log_path(attempt), self.wake).start()
+        try:
+            select.select([exec_r], [], [], 30.0)
+        finally:
+            os.close(exec_r)
         container.started_mono = time.monotonic()
         container.attempt = attempt
         container.kill_deadline = None
@@ -712,6 +726,17 @@ class PodWorker(threading.Thread):
                 name=f"poststart-{container.name}",
                 daemon=True,
             ).start()
+        logger.info(
+            "pod %s/%s on %s: container %s started (pid %d, uid %d, restart %d): %s",
+            self.namespace,
+            self.pod_name,
+            self.node.name,
+            container.name,
+            container.proc.pid,
+            ident.uid,
+            record.restart_count,
+            " ".join(argv)[:200].replace("\n", " "),
+        )
         self.rt.event(
             self.pod,
             "Started",
@@ -803,6 +828,15 @@ class PodWorker(threading.Thread):
         )
         if container.init and exit_code == 0:
             restart = False
+        logger.info(
+            "pod %s/%s: container %s exited %d (%s)%s",
+            self.namespace,
+            self.pod_name,
+            container.name,
+            exit_code,
+            reason,
+            ", restarting" if restart else "",
+        )
         if not restart:
             container.done = True
             return
@@ -1026,12 +1060,18 @@ class PodWorker(threading.Thread):
             )
             self.last_status = status
         except ApiError as exc:
-            if exc.status in (404, 409):
-                self.gone = exc.status == 404 or self.gone
+            if exc.status in (404, 409):  # gone, or replaced by a pod of another UID
+                self.gone = True
             else:
-                logger.warning("pod %s/%s: status: %s", self.namespace, self.pod_name, exc)
+                self._warn(f"status: {exc}")
         except Exception as exc:  # the API server is restarting: retry on the next tick
-            logger.warning("pod %s/%s: status: %r", self.namespace, self.pod_name, exc)
+            self._warn(f"status: {exc!r}")
+
+    def _warn(self, text: str) -> None:
+        """A warning, at most every 10 s per pod (a failing write is retried every tick)."""
+        if time.monotonic() - self._last_warning >= 10:
+            self._last_warning = time.monotonic()
+            logger.warning("pod %s/%s: %s", self.namespace, self.pod_name, text)
 
 
 class Prober(threading.Thread):

@@ -17,7 +17,8 @@ filesystem (the host filesystem is every container's rootfs):
   6. ``setgroups``/``setgid``/``setuid``, ``PR_SET_NO_NEW_PRIVS`` when
      ``allowPrivilegeEscalation: false``, then ``PR_SET_PDEATHSIG=SIGKILL`` (after the
      credential change, which would clear it) so that the container dies with the agent;
-  7. ``execvpe`` with the container's environment (``PATH`` from it).
+  7. ``execvpe`` with the container's environment (``PATH`` from it); the spec's
+     ``execFd`` is close-on-exec, so the agent sees the exec as the end of that pipe.
   Any failure before ``exec`` is written to the spec's ``errorFile`` and the shim exits
   128, which the agent reports as ``StartError`` (as containerd does).
 
@@ -163,6 +164,8 @@ def execvpe(argv: list[str], env: dict[str, str]) -> None:
 def main() -> None:
     with open(sys.argv[1]) as handle:
         spec = json.load(handle)
+    if spec.get("execFd") is not None:
+        os.set_inheritable(int(spec["execFd"]), False)  # closed by exec: "the container runs"
     error_file = spec.get("errorFile")
     # opened before the identity change, closed by exec: written only when the start fails
     error_fd = (
