@@ -603,6 +603,9 @@ spec:
     stamped = cluster.logs("talker", "--timestamps", "--tail=1").split(" ", 1)
     assert stamped[0].endswith("Z") and stamped[1] == "oops\n"
     assert cluster.logs("talker", "--limit-bytes=8") == "line 1\nl"
+    assert cluster.logs("talker", "--since=1h").splitlines()[0] == "line 1"
+    time.sleep(2.5)
+    assert cluster.logs("talker", "--since=2s") == ""  # every line is older
     cluster.hooks.kill_container(NS, "talker", "main", "SIGKILL")
     pod = cluster.wait_pod(
         "talker",

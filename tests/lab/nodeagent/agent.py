@@ -498,6 +498,8 @@ class Agent:
             if name in self.nodes:
                 self._forget_node(name)
             self._delete_node(name)
+            for worker in self.node_workers(name):  # left after the timeout: the machine goes
+                worker.abandon()
 
         names = sorted(f"{p['metadata']['namespace']}/{p['metadata']['name']}" for p in pods)
         if wait:

@@ -454,6 +454,7 @@ class PodWorker(threading.Thread):
             self.rt.event(
                 self.pod, "FailedCreatePodSandBox", str(exc), warning=True, node=self.node.name
             )
+            self._wake.wait(2.0)  # retried, as the kubelet does, without flooding events
             return False
         etc = self.dir / "etc"
         etc.mkdir(exist_ok=True)
