@@ -375,57 +375,6 @@ def pod_template(
     }
 
 
-def build_pytorchjob(
-    job: FineTuneJob,
-    config: OperatorConfig,
-    pool: IdlePool | None,
-    attempt: int,
-    suspend: bool,
-) -> dict[str, Any]:
-    """A Kubeflow ``PyTorchJob`` (kubeflow.org/v1): Master plus ``nodes - 1`` Workers.
-
-    ``nprocPerNode`` is the GPUs per node, or ``1`` process per node for CPU jobs.
-    Restarts are the operator's call (it tells preemption from bad data), so pods never
-    restart in place and ``backoffLimit`` is 0.
-    """
-    root = job_root_uri(job, config)
-    if root is None:
-        raise ValueError(
-            "no output location: set spec.output.uri or the operator's defaultOutputUri"
-        )
-    template = pod_template(job, config, pool, root, attempt)
-    labels = launcher_labels(job, attempt)
-    replicas: dict[str, Any] = {
-        "Master": {"replicas": 1, "restartPolicy": "Never", "template": template}
-    }
-    if job.spec.resources.nodes > 1:
-        replicas["Worker"] = {
-            "replicas": job.spec.resources.nodes - 1,
-            "restartPolicy": "Never",
-            "template": template,
-        }
-    nproc = job.spec.resources.gpus_per_node or 1
-    return {
-        "apiVersion": "kubeflow.org/v1",
-        "kind": "PyTorchJob",
-        "metadata": {
-            "name": launcher_name(job, attempt),
-            "namespace": job.metadata.namespace,
-            "labels": labels,
-            "ownerReferences": [owner_reference(job)],
-        },
-        "spec": {
-            "nprocPerNode": str(nproc),
-            "runPolicy": {
-                "suspend": suspend,
-                "backoffLimit": 0,
-                "cleanPodPolicy": "Running",
-            },
-            "pytorchReplicaSpecs": replicas,
-        },
-    }
-
-
 def build_event(
     meta: ObjectMeta,
     reason: str,

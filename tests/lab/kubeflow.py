@@ -1,7 +1,7 @@
 """A stand-in for the Kubeflow training operator and the kubelet, for the lab.
 
 It watches ``PyTorchJob``s (``kubeflow.org/v1``) in the lab's API and runs each as real
-local processes with :class:`tidetune.launchers.local.LocalProcessLauncher` — one process
+local processes with :class:`tidetune.torchrun_nodes.TorchrunNodes` — one process
 tree per replica (Master + Workers), each running the container's command with the
 environment the real controller injects (``MASTER_ADDR``, ``MASTER_PORT``,
 ``WORLD_SIZE``, ``RANK``, ``PET_*``) and the container's ``env``, with ``secretKeyRef``
@@ -37,14 +37,14 @@ import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from tidetune.launchers.local import (
+from tidetune.layout import SPEC_MOUNT
+from tidetune.torchrun_nodes import (
     DEFAULT_ENTRY_MODULE,
-    LocalJob,
-    LocalLaunch,
-    LocalProcessLauncher,
+    NodesSpec,
+    RunningNodes,
+    TorchrunNodes,
     free_port,
 )
-from tidetune.layout import SPEC_MOUNT
 
 if TYPE_CHECKING:
     from tests.lab.lab import Lab
@@ -64,7 +64,7 @@ def _now() -> str:
 class _Run:
     """One PyTorchJob's local processes."""
 
-    job: LocalJob | None = None
+    job: RunningNodes | None = None
     suspended: bool = False
     finished: bool = False
     killed_nodes: set[int] = field(default_factory=set)
@@ -261,7 +261,7 @@ class KubeflowStandIn:
 
     # -- pods
 
-    def _start(self, key: tuple[str, str], obj: dict[str, Any]) -> LocalJob:
+    def _start(self, key: tuple[str, str], obj: dict[str, Any]) -> RunningNodes:
         namespace, name = key
         replicas = obj["spec"]["pytorchReplicaSpecs"]
         master = replicas["Master"]["template"]["spec"]
@@ -291,7 +291,7 @@ class KubeflowStandIn:
         lab_env = self._lab.env() if self._lab is not None else dict(os.environ)
         env = {**lab_env, **env, **self.extra_env}
         workers = int((replicas.get("Worker") or {}).get("replicas", 0))
-        launch = LocalLaunch(
+        launch = NodesSpec(
             name=name,
             args=args,
             nnodes=1 + workers,
@@ -299,7 +299,7 @@ class KubeflowStandIn:
             env=env,
             cwd=str(pod_dir),
         )
-        launcher = LocalProcessLauncher(log_dir=pod_dir)
+        launcher = TorchrunNodes(log_dir=pod_dir)
         return launcher.start(launch)
 
     def _container_env(self, namespace: str, container: dict[str, Any]) -> dict[str, str]:

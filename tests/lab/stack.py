@@ -11,7 +11,7 @@ from collections.abc import Mapping
 
 from tests.lab.kubeflow import KubeflowStandIn
 from tests.lab.lab import Lab
-from tidetune.launchers.local import free_port
+from tidetune.torchrun_nodes import free_port
 
 #: Operator settings for the lab: quick observation, short resyncs.
 LAB_OPERATOR_ENV = {

@@ -33,7 +33,7 @@ from tests.e2e.conftest import TRAIN_DATA, Stack, tiny_job, wait_for
 from tests.lab.lab import REPO_ROOT
 from tests.lab.stack import build_lab
 from tests.observability.conftest import ALERTS, panels, substitute, variable_query
-from tidetune.launchers.local import free_port
+from tidetune.torchrun_nodes import free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

@@ -14,7 +14,7 @@ from tidetune_operator.launchers import LauncherPhase, PyTorchJobLauncher, Train
 
 def test_pytorchjob_has_master_workers_and_trainer(config: OperatorConfig) -> None:
     job = make_job("sft-full.yaml")  # 2 nodes × 8 GPUs, h100
-    pj = builders.build_pytorchjob(job, config, None, attempt=1, suspend=False)
+    pj = PyTorchJobLauncher().build(job, config, None, 1, False)
     assert pj["apiVersion"] == "kubeflow.org/v1" and pj["kind"] == "PyTorchJob"
     replicas = pj["spec"]["pytorchReplicaSpecs"]
     assert replicas["Master"]["replicas"] == 1
@@ -44,7 +44,7 @@ def test_pytorchjob_has_master_workers_and_trainer(config: OperatorConfig) -> No
 
 def test_credentials_only_as_secret_refs(config: OperatorConfig) -> None:
     job = make_job()
-    pj = builders.build_pytorchjob(job, config, None, attempt=1, suspend=False)
+    pj = PyTorchJobLauncher().build(job, config, None, 1, False)
     env = pj["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["env"]
     by_name = {e["name"]: e for e in env}
     for var, key in (("AWS_ACCESS_KEY_ID", "accessKey"), ("AWS_SECRET_ACCESS_KEY", "secretKey")):
@@ -54,7 +54,7 @@ def test_credentials_only_as_secret_refs(config: OperatorConfig) -> None:
 
 
 def test_registry_credentials_only_as_optional_secret_refs(config: OperatorConfig) -> None:
-    plain = builders.build_pytorchjob(make_job(), config, None, attempt=1, suspend=False)
+    plain = PyTorchJobLauncher().build(make_job(), config, None, 1, False)
     env = plain["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["env"]
     assert not any(e["name"].startswith("MLFLOW_") for e in env)
     job = make_job(
@@ -65,7 +65,7 @@ def test_registry_credentials_only_as_optional_secret_refs(config: OperatorConfi
             }
         }
     )
-    pj = builders.build_pytorchjob(job, config, None, attempt=1, suspend=False)
+    pj = PyTorchJobLauncher().build(job, config, None, 1, False)
     env = pj["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["env"]
     by_name = {e["name"]: e for e in env}
     for var, key in (
@@ -80,7 +80,7 @@ def test_registry_credentials_only_as_optional_secret_refs(config: OperatorConfi
 
 
 def test_restricted_security_context(config: OperatorConfig) -> None:
-    pj = builders.build_pytorchjob(make_job(), config, None, attempt=1, suspend=False)
+    pj = PyTorchJobLauncher().build(make_job(), config, None, 1, False)
     pod = pj["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
@@ -94,7 +94,7 @@ def test_restricted_security_context(config: OperatorConfig) -> None:
 def test_pool_placement_and_kueue_label(config: OperatorConfig) -> None:
     job = make_job(edits={"spec.scheduling.queueName": "team-a"})
     pool = make_pool()
-    pj = builders.build_pytorchjob(job, config, pool, attempt=2, suspend=True)
+    pj = PyTorchJobLauncher().build(job, config, pool, 2, True)
     pod = pj["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]
     assert pod["nodeSelector"] == {"cloud.example.com/pool": "online-a100"}
     assert pod["tolerations"] == [
@@ -111,8 +111,8 @@ def test_pool_placement_and_kueue_label(config: OperatorConfig) -> None:
 
 def test_owner_reference_and_names_are_deterministic(config: OperatorConfig) -> None:
     job = make_job(edits={"metadata.name": "a" * 63})
-    one = builders.build_pytorchjob(job, config, None, attempt=1, suspend=False)
-    two = builders.build_pytorchjob(job, config, None, attempt=1, suspend=False)
+    one = PyTorchJobLauncher().build(job, config, None, 1, False)
+    two = PyTorchJobLauncher().build(job, config, None, 1, False)
     assert one == two
     name = one["metadata"]["name"]
     assert len(name) <= builders.MAX_LAUNCHER_NAME and name.endswith("-1")
@@ -140,7 +140,7 @@ def test_config_map_carries_the_spec_without_status(config: OperatorConfig) -> N
 
 def test_cpu_job_defaults(config: OperatorConfig) -> None:
     job = make_job("quickstart.yaml")
-    pj = builders.build_pytorchjob(job, config, None, attempt=1, suspend=False)
+    pj = PyTorchJobLauncher().build(job, config, None, 1, False)
     container = pj["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]
     assert "nvidia.com/gpu" not in container["resources"]["limits"]
     assert container["resources"]["requests"] == {"cpu": "2", "memory": "4Gi"}
@@ -264,7 +264,7 @@ def test_every_claim_the_spec_names_is_mounted_read_only(config: OperatorConfig)
     store, key = open_store("pvc://models/qwen2.5-1.5b/")
     assert str(store.path(key)) == "/mnt/pvc/models/qwen2.5-1.5b"  # type: ignore[attr-defined]
     # a job that names no claim mounts none
-    plain = builders.build_pytorchjob(make_job(), config, None, attempt=1, suspend=False)
+    plain = PyTorchJobLauncher().build(make_job(), config, None, 1, False)
     spec = plain["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]
     assert not [v for v in spec["volumes"] if "persistentVolumeClaim" in v]
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tidetune import exitcodes
-from tidetune.launchers.local import LocalLaunch, LocalProcessLauncher
+from tidetune.torchrun_nodes import NodesSpec, TorchrunNodes
 
 from .conftest import explain, losses, metrics, run_trainer, trainer_env, write_job
 
@@ -75,7 +75,7 @@ def test_exact_resume_two_processes_zero2_sigterm(tmp_path: Path, chat_data: Pat
     a = losses(tmp_path / "full")
     assert len(a) == 12
 
-    launcher = LocalProcessLauncher(log_dir=tmp_path / "logs", base_env=trainer_env())
+    launcher = TorchrunNodes(log_dir=tmp_path / "logs", base_env=trainer_env())
     args = [
         "--nproc-per-node",
         "2",
@@ -86,7 +86,7 @@ def test_exact_resume_two_processes_zero2_sigterm(tmp_path: Path, chat_data: Pat
         "--run-uri",
         f"file://{tmp_path / 'int'}",
     ]
-    handle = launcher.start(LocalLaunch(name="zero2", args=args))
+    handle = launcher.start(NodesSpec(name="zero2", args=args))
     try:
         _wait_for_step(tmp_path / "int" / "progress.json", 3)
         handle.signal(signal.SIGTERM)

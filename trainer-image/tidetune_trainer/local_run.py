@@ -9,7 +9,7 @@ cluster.
   running the same command again resumes from the newest complete checkpoint.
 - Relative ``file://`` URIs in the manifest resolve against the manifest's folder.
 - The trainer runs as ``--nproc`` local processes (``torchrun`` through
-  :class:`tidetune.launchers.local.LocalProcessLauncher`, with the environment a
+  :class:`tidetune.torchrun_nodes.TorchrunNodes`, with the environment a
   PyTorchJob pod gets); its logs go to ``<workdir>/logs/``.
 - stderr shows the timeline and a progress bar; Ctrl-C asks the trainer to checkpoint
   and stop (SIGTERM), a second Ctrl-C kills it.
@@ -164,8 +164,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``tidetune run``; returns the exit code (0 iff the job Succeeded)."""
     args = parse_args(sys.argv[1:] if argv is None else argv)
     err = sys.stderr
-    from tidetune.launchers.local import LocalLaunch, LocalProcessLauncher
     from tidetune.storage import scheme_of
+    from tidetune.torchrun_nodes import NodesSpec, TorchrunNodes
     from tidetune_trainer.errors import BadInputError
     from tidetune_trainer.session import load_job
 
@@ -281,9 +281,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ]
     if args.metrics_port:
         torchrun_args += ["--metrics-port", str(args.metrics_port)]
-    launcher = LocalProcessLauncher(log_dir=workdir / "logs")
+    launcher = TorchrunNodes(log_dir=workdir / "logs")
     started = time.monotonic()
-    handle = launcher.start(LocalLaunch(name=f"{ns}-{name}", args=torchrun_args, env=env))
+    handle = launcher.start(NodesSpec(name=f"{ns}-{name}", args=torchrun_args, env=env))
     progress_file = run_dir / layout.PROGRESS_FILE
     before = _read_json(progress_file) or {}
     timeline.add(

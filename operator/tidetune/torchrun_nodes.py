@@ -11,9 +11,9 @@ the trainer image's entry point, which runs ``torchrun`` (reading its settings f
 ``PET_MASTER_ADDR``, ``PET_MASTER_PORT``.
 
 Every node runs in its own session, so a Ctrl-C in the caller's terminal reaches only the
-caller, which decides what to forward: :meth:`LocalJob.signal` sends a signal to each
+caller, which decides what to forward: :meth:`RunningNodes.signal` sends a signal to each
 node's leader only, as the kubelet sends SIGTERM to a container's PID 1;
-:meth:`LocalJob.kill_node` kills one node's whole process tree, as losing a pod does.
+:meth:`RunningNodes.kill_node` kills one node's whole process tree, as losing a pod does.
 
 No torch import here: ``tidetune run``, the lab and the tests all reuse this module.
 """
@@ -34,7 +34,7 @@ from typing import IO
 
 from tidetune import exitcodes
 
-__all__ = ["LaunchError", "LocalJob", "LocalLaunch", "LocalProcessLauncher", "free_port"]
+__all__ = ["LaunchError", "NodesSpec", "RunningNodes", "TorchrunNodes", "free_port"]
 
 #: The module each node runs; it wraps torchrun and propagates the ranks' exit codes.
 DEFAULT_ENTRY_MODULE = "tidetune_trainer.launch"
@@ -53,7 +53,7 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 @dataclass(frozen=True)
-class LocalLaunch:
+class NodesSpec:
     """What to run: ``args`` follow the entry module (torchrun's own arguments, then
     ``-m tidetune_trainer --spec … --run-uri …``)."""
 
@@ -91,7 +91,7 @@ def kubeflow_env(
     }
 
 
-class LocalJob:
+class RunningNodes:
     """A started local job: one process (tree) per node."""
 
     def __init__(
@@ -168,8 +168,8 @@ class LocalJob:
                 h.close()
 
 
-class LocalProcessLauncher:
-    """Starts :class:`LocalLaunch` jobs as local process trees (see the module docstring).
+class TorchrunNodes:
+    """Starts :class:`NodesSpec` jobs as local process trees (see the module docstring).
 
     ``log_dir``: each node's stdout+stderr goes to ``<log_dir>/<name>-node<k>.log``;
     without it, the nodes inherit the caller's stdout/stderr.
@@ -190,11 +190,11 @@ class LocalProcessLauncher:
         self.master_addr = master_addr
         self.base_env = dict(os.environ if base_env is None else base_env)
 
-    def command(self, launch: LocalLaunch) -> list[str]:
+    def command(self, launch: NodesSpec) -> list[str]:
         """The command line each node runs."""
         return [self.python, "-m", self.entry_module, *launch.args]
 
-    def node_env(self, launch: LocalLaunch, node_rank: int, master_port: int) -> dict[str, str]:
+    def node_env(self, launch: NodesSpec, node_rank: int, master_port: int) -> dict[str, str]:
         """The full environment of one node: base env, the launch's env, Kubeflow's."""
         env = dict(self.base_env)
         env.update(launch.env)
@@ -209,7 +209,7 @@ class LocalProcessLauncher:
         )
         return env
 
-    def start(self, launch: LocalLaunch, *, master_port: int | None = None) -> LocalJob:
+    def start(self, launch: NodesSpec, *, master_port: int | None = None) -> RunningNodes:
         """Start every node; returns at once. Raises :class:`LaunchError` if one fails
         to start (the ones already started are killed)."""
         port = master_port or free_port(self.master_addr)
@@ -224,7 +224,7 @@ class LocalProcessLauncher:
                 if self.log_dir is not None:
                     self.log_dir.mkdir(parents=True, exist_ok=True)
                     log = self.log_dir / f"{launch.name}-node{rank}.log"
-                    out = open(log, "ab")  # noqa: SIM115 - closed by LocalJob
+                    out = open(log, "ab")  # noqa: SIM115 - closed by RunningNodes
                     handles.append(out)
                 procs.append(
                     subprocess.Popen(
@@ -239,9 +239,9 @@ class LocalProcessLauncher:
                 )
                 logs.append(log)
         except OSError as e:
-            job = LocalJob(launch.name, procs, logs, handles)
+            job = RunningNodes(launch.name, procs, logs, handles)
             for rank in range(len(procs)):
                 job.kill_node(rank)
             job._close_logs()
             raise LaunchError(f"{launch.name}: cannot start {cmd[0]}: {e.strerror or e}") from None
-        return LocalJob(launch.name, procs, logs, handles)
+        return RunningNodes(launch.name, procs, logs, handles)

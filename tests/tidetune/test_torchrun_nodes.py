@@ -1,4 +1,4 @@
-"""tidetune.launchers.local: the Kubeflow environment, signals, exit codes (no torch)."""
+"""tidetune.torchrun_nodes: the Kubeflow environment, signals, exit codes (no torch)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tidetune import exitcodes
-from tidetune.launchers.local import LaunchError, LocalLaunch, LocalProcessLauncher, kubeflow_env
+from tidetune.torchrun_nodes import LaunchError, NodesSpec, TorchrunNodes, kubeflow_env
 
 NODE = """
 import json, os, signal, sys, time
@@ -30,9 +30,9 @@ sys.exit(int(sys.argv[2]) if sys.argv[2] != "wait" else 0)
 
 
 @pytest.fixture
-def launcher(tmp_path: Path) -> LocalProcessLauncher:
+def launcher(tmp_path: Path) -> TorchrunNodes:
     (tmp_path / "fake_node.py").write_text(NODE)
-    return LocalProcessLauncher(
+    return TorchrunNodes(
         entry_module="fake_node",
         log_dir=tmp_path / "logs",
         base_env={"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"},
@@ -46,9 +46,9 @@ def _wait_files(paths: list[Path], timeout: float = 20) -> None:
         time.sleep(0.02)
 
 
-def test_kubeflow_environment_per_node(tmp_path: Path, launcher: LocalProcessLauncher) -> None:
+def test_kubeflow_environment_per_node(tmp_path: Path, launcher: TorchrunNodes) -> None:
     job = launcher.start(
-        LocalLaunch("j", [str(tmp_path), "0"], nnodes=2, nproc_per_node=3, env={"EXTRA": "x"})
+        NodesSpec("j", [str(tmp_path), "0"], nnodes=2, nproc_per_node=3, env={"EXTRA": "x"})
     )
     assert job.wait(20) == 0
     n0 = json.loads((tmp_path / "node0.json").read_text())
@@ -65,20 +65,20 @@ def test_kubeflow_environment_per_node(tmp_path: Path, launcher: LocalProcessLau
     )
 
 
-def test_exit_codes_are_combined(tmp_path: Path, launcher: LocalProcessLauncher) -> None:
-    assert launcher.start(LocalLaunch("bad", [str(tmp_path), "65"])).wait(20) == exitcodes.BAD_INPUT
+def test_exit_codes_are_combined(tmp_path: Path, launcher: TorchrunNodes) -> None:
+    assert launcher.start(NodesSpec("bad", [str(tmp_path), "65"])).wait(20) == exitcodes.BAD_INPUT
 
 
-def test_sigterm_reaches_each_node_leader(tmp_path: Path, launcher: LocalProcessLauncher) -> None:
-    job = launcher.start(LocalLaunch("w", [str(tmp_path), "wait"], nnodes=2))
+def test_sigterm_reaches_each_node_leader(tmp_path: Path, launcher: TorchrunNodes) -> None:
+    job = launcher.start(NodesSpec("w", [str(tmp_path), "wait"], nnodes=2))
     _wait_files([tmp_path / "node0.json", tmp_path / "node1.json"])
     assert job.poll() is None
     assert job.stop(grace=20) == exitcodes.PREEMPTED
     assert (tmp_path / "node0.stopped").exists() and (tmp_path / "node1.stopped").exists()
 
 
-def test_kill_node_is_a_lost_pod(tmp_path: Path, launcher: LocalProcessLauncher) -> None:
-    job = launcher.start(LocalLaunch("k", [str(tmp_path), "wait"], nnodes=2))
+def test_kill_node_is_a_lost_pod(tmp_path: Path, launcher: TorchrunNodes) -> None:
+    job = launcher.start(NodesSpec("k", [str(tmp_path), "wait"], nnodes=2))
     _wait_files([tmp_path / "node0.json", tmp_path / "node1.json"])
     job.kill_node(1)
     assert job.returncodes()[1] == -signal.SIGKILL
@@ -88,7 +88,7 @@ def test_kill_node_is_a_lost_pod(tmp_path: Path, launcher: LocalProcessLauncher)
 
 def test_bad_launches_are_refused() -> None:
     with pytest.raises(LaunchError):
-        LocalLaunch("x", [], nproc_per_node=0)
-    bad = LocalProcessLauncher(python="/nonexistent/python")
+        NodesSpec("x", [], nproc_per_node=0)
+    bad = TorchrunNodes(python="/nonexistent/python")
     with pytest.raises(LaunchError, match="cannot start"):
-        bad.start(LocalLaunch("y", []))
+        bad.start(NodesSpec("y", []))

@@ -1,0 +1,93 @@
+"""Kubeflow training operator v1: the ``PyTorchJob`` launcher and its builder."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tidetune.api import FineTuneJob
+from tidetune.api.idlepool import IdlePool
+from tidetune_operator import builders
+from tidetune_operator.config import OperatorConfig
+from tidetune_operator.launchers.base import (
+    KubeflowKind,
+    LauncherPhase,
+    LauncherState,
+    state_from_conditions,
+)
+
+
+class PyTorchJobLauncher(KubeflowKind):
+    """Kubeflow ``kubeflow.org/v1`` PyTorchJob."""
+
+    kind = "PyTorchJob"
+    group = "kubeflow.org"
+    version = "v1"
+    plural = "pytorchjobs"
+    #: its conditions, most decisive first
+    CONDITIONS = (
+        ("Succeeded", LauncherPhase.SUCCEEDED),
+        ("Failed", LauncherPhase.FAILED),
+        ("Suspended", LauncherPhase.SUSPENDED),
+        ("Restarting", LauncherPhase.RESTARTING),
+        ("Running", LauncherPhase.RUNNING),
+    )
+
+    def build(
+        self,
+        job: FineTuneJob,
+        config: OperatorConfig,
+        pool: IdlePool | None,
+        attempt: int,
+        suspend: bool,
+    ) -> dict[str, Any]:
+        """A Kubeflow ``PyTorchJob`` (kubeflow.org/v1): Master plus ``nodes - 1`` Workers.
+
+        ``nprocPerNode`` is the GPUs per node, or ``1`` process per node for CPU jobs.
+        Restarts are the operator's call (it tells preemption from bad data), so pods never
+        restart in place and ``backoffLimit`` is 0.
+        """
+        root = builders.job_root_uri(job, config)
+        if root is None:
+            raise ValueError(
+                "no output location: set spec.output.uri or the operator's defaultOutputUri"
+            )
+        template = builders.pod_template(job, config, pool, root, attempt)
+        labels = builders.launcher_labels(job, attempt)
+        replicas: dict[str, Any] = {
+            "Master": {"replicas": 1, "restartPolicy": "Never", "template": template}
+        }
+        if job.spec.resources.nodes > 1:
+            replicas["Worker"] = {
+                "replicas": job.spec.resources.nodes - 1,
+                "restartPolicy": "Never",
+                "template": template,
+            }
+        nproc = job.spec.resources.gpus_per_node or 1
+        return {
+            "apiVersion": self.api_version,
+            "kind": self.kind,
+            "metadata": {
+                "name": builders.launcher_name(job, attempt),
+                "namespace": job.metadata.namespace,
+                "labels": labels,
+                "ownerReferences": [builders.owner_reference(job)],
+            },
+            "spec": {
+                "nprocPerNode": str(nproc),
+                "runPolicy": {
+                    "suspend": suspend,
+                    "backoffLimit": 0,
+                    "cleanPodPolicy": "Running",
+                },
+                "pytorchReplicaSpecs": replicas,
+            },
+        }
+
+    def observe(self, obj: dict[str, Any]) -> LauncherState:
+        return state_from_conditions(obj, self.CONDITIONS) or LauncherState(LauncherPhase.PENDING)
+
+    def suspend_patch(self, suspend: bool) -> dict[str, Any]:
+        return {"spec": {"runPolicy": {"suspend": suspend}}}
+
+    def is_suspended(self, obj: dict[str, Any]) -> bool:
+        return bool(((obj.get("spec") or {}).get("runPolicy") or {}).get("suspend"))
