@@ -1,22 +1,22 @@
-"""The controller: an informer cache fed by kopf's watches, a work queue, and workers.
+"""The controller: an informer cache fed by kopf's watches, and the reconciles.
 
 kopf watches FineTuneJobs, the launched jobs and IdlePools and hands every event to
-:meth:`Controller.observe`, which updates an in-memory cache and queues the affected
-keys. Workers take one key at a time (a key is never reconciled by two workers at once),
-gather the world from the cache — plus the few reads that cannot come from a watch: the
-job's Secret, its reward ConfigMaps, the trainer's progress — call the pure
-:func:`~tidetune_operator.reconcile.decide`, and carry the decision out. Reconciling is
-by level: every job is re-queued periodically (``resyncIntervalSeconds``, or
-``observeIntervalSeconds`` while it runs), so a missed event only delays, never loses,
-a transition.
+``Controller.observe_*``, which updates an in-memory cache and queues the affected keys
+in the :class:`~tidetune_operator.workqueue.WorkQueue`. Its workers hand one key at a
+time to :meth:`Controller.reconcile_job` (or ``reconcile_pool``), which gathers the world
+from the cache — plus the few reads that cannot come from a watch: the reference checks
+(:mod:`~tidetune_operator.references`), the trainer's progress
+(:mod:`~tidetune_operator.observe`) — calls the pure
+:func:`~tidetune_operator.reconcile.decide`, carries the decision out, and tells the
+:class:`~tidetune_operator.recorder.MetricsRecorder`. Reconciling is by level: every job
+is re-queued periodically (``resyncIntervalSeconds``, or ``observeIntervalSeconds``
+while it runs), so a missed event only delays, never loses, a transition.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import dataclasses
-import hashlib
 import logging
 import time
 from collections import Counter
@@ -32,7 +32,7 @@ from tidetune.api.constants import JOB_LABEL, ConditionType
 from tidetune.api.idlepool import IdlePool
 from tidetune.clock import Clock, SystemClock
 from tidetune.contract import RunState
-from tidetune.storage import S3Credentials, StorageError
+from tidetune.storage import S3Credentials
 from tidetune_operator import admission, metrics, observe
 from tidetune_operator.builders import ATTEMPT_LABEL, build_event, job_root_uri
 from tidetune_operator.config import OperatorConfig
@@ -41,7 +41,6 @@ from tidetune_operator.kube import (
     EVENTS,
     FINETUNEJOBS,
     IDLEPOOLS,
-    SECRETS,
     ApiError,
     Kube,
     Resource,
@@ -56,12 +55,14 @@ from tidetune_operator.reconcile import (
     decide,
     decide_invalid,
 )
+from tidetune_operator.recorder import MetricsRecorder
+from tidetune_operator.references import check_references, storage_credentials, strip
 from tidetune_operator.status import parse_time
+from tidetune_operator.workqueue import QueueKey, WorkQueue
 
 log = logging.getLogger("tidetune.operator")
 
 JobKey = tuple[str, str]
-QueueKey = tuple[str, str, str]  # ("job", namespace, name) or ("pool", "", name)
 
 ACTIVE_PHASES = {Phase.RUNNING, Phase.EXPORTING}
 #: HTTP codes with which the API server refuses a create (a webhook or schema says invalid;
@@ -103,23 +104,18 @@ class Controller:
         self.jobs: dict[JobKey, dict[str, Any]] = {}
         self.launched: dict[JobKey, dict[str, dict[str, Any]]] = {}
         self.pools: dict[str, dict[str, Any]] = {}
-        self._queue: asyncio.Queue[QueueKey] | None = None
-        self._queued: set[QueueKey] = set()
-        self._active: set[QueueKey] = set()
-        self._dirty: set[QueueKey] = set()
-        self._timers: dict[QueueKey, asyncio.TimerHandle] = {}
+        self.queue = WorkQueue(self._handle, config.workers)
+        self.recorder = MetricsRecorder(self.clock, lambda: list(self.jobs.items()))
         self._observed: dict[JobKey, _Observed] = {}
         self._pool_locks: dict[str, asyncio.Lock] = {}
-        self._workers: list[asyncio.Task[None]] = []
         self._events: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=EVENT_QUEUE_SIZE)
         self._posters: list[asyncio.Task[None]] = []
-        #: consecutive failed reconciles per key, for exponential backoff
-        self._failures: dict[QueueKey, int] = {}
         self._resync: asyncio.Task[None] | None = None
-        self.reconciles: Counter[str] = Counter()
-        #: running seconds already counted in tidetune_gpu_hours_total, per job
-        self._accrued_seconds: dict[JobKey, float] = {}
-        self._phase_counts_due = False
+
+    @property
+    def reconciles(self) -> Counter[str]:
+        """Reconciles done, by kind (the liveness probe shows them)."""
+        return self.queue.reconciles
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -127,20 +123,16 @@ class Controller:
         if self.kube is not None:
             return
         self.kube = kube
-        self._queue = asyncio.Queue()
-        for key in list(self._queued):  # events that arrived before start
-            self._queue.put_nowait(key)
-        self._workers = [asyncio.create_task(self._worker(i)) for i in range(self.config.workers)]
+        self.queue.start()
         self._resync = asyncio.create_task(self._resync_loop())
         self._posters = [asyncio.create_task(self._event_poster()) for _ in range(EVENT_POSTERS)]
 
     async def stop(self) -> None:
-        tasks = [*self._workers, *self._posters, *([self._resync] if self._resync else [])]
+        tasks = [*self._posters, *([self._resync] if self._resync else [])]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        for handle in self._timers.values():
-            handle.cancel()
+        await self.queue.stop()
         if self.kube is not None:
             await self.kube.close()
 
@@ -152,8 +144,7 @@ class Controller:
         if event_type == "DELETED":
             self.jobs.pop(key, None)
             self._observed.pop(key, None)
-            self._accrued_seconds.pop(key, None)
-            metrics.forget_job(*key)
+            self.recorder.forget_job(key)
         else:
             old = self.jobs.get(key)
             if (
@@ -164,7 +155,7 @@ class Controller:
             ):
                 return  # our own write (cached from its response), or an older version
             self.jobs[key] = body
-        self._publish_phase_counts_soon()
+        self.recorder.publish_phase_counts_soon()
         self.enqueue(("job", *key))
 
     def observe_launched(
@@ -209,64 +200,12 @@ class Controller:
     # ------------------------------------------------------------------ queue
 
     def enqueue(self, key: QueueKey, delay: float = 0.0) -> None:
-        if delay > 0:
-            handle = self._timers.get(key)
-            if handle is not None:
-                handle.cancel()
-            loop = asyncio.get_event_loop()
-            self._timers[key] = loop.call_later(delay, self.enqueue, key)
-            return
-        self._timers.pop(key, None)
-        if key in self._active:
-            self._dirty.add(key)
-            return
-        if key in self._queued:
-            return
-        self._queued.add(key)
-        if self._queue is not None:
-            self._queue.put_nowait(key)
+        self.queue.enqueue(key, delay)
 
-    async def _worker(self, index: int) -> None:
-        assert self._queue is not None
-        while True:
-            key = await self._queue.get()
-            self._queued.discard(key)
-            self._active.add(key)
-            started = time.perf_counter()
-            try:
-                if key[0] == "job":
-                    delay = await self.reconcile_job((key[1], key[2]))
-                else:
-                    delay = await self.reconcile_pool(key[2])
-                self._failures.pop(key, None)
-                if delay is not None:
-                    self.enqueue(key, delay)
-            except asyncio.CancelledError:
-                raise
-            except Exception as err:
-                metrics.RECONCILE_ERRORS.labels(key[0]).inc()
-                transient = isinstance(err, ApiError | StorageError)
-                failures = self._failures[key] = self._failures.get(key, 0) + 1
-                delay = retry_delay(failures)
-                log.log(
-                    logging.WARNING if transient else logging.ERROR,
-                    "reconcile %s/%s failed (%s): %s; retry %d in %.0fs",
-                    key[1],
-                    key[2],
-                    type(err).__name__,
-                    err,
-                    failures,
-                    delay,
-                    exc_info=not transient,
-                )
-                self.enqueue(key, delay)
-            finally:
-                metrics.RECONCILE_DURATION.labels(key[0]).observe(time.perf_counter() - started)
-                self.reconciles[key[0]] += 1
-                self._active.discard(key)
-                if key in self._dirty:
-                    self._dirty.discard(key)
-                    self.enqueue(key)
+    async def _handle(self, key: QueueKey) -> float | None:
+        if key[0] == "job":
+            return await self.reconcile_job((key[1], key[2]))
+        return await self.reconcile_pool(key[2])
 
     async def _resync_loop(self) -> None:
         while True:
@@ -275,26 +214,7 @@ class Controller:
                 self.enqueue(("job", ns, name))
             for pool in list(self.pools):
                 self.enqueue(("pool", "", pool))
-            self._publish_phase_counts()
-
-    def _publish_phase_counts_soon(self) -> None:
-        """Refresh ``tidetune_jobs`` within half a second (coalesces bursts of changes)."""
-        if self._phase_counts_due:
-            return
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:  # no loop (a unit test): at once
-            self._publish_phase_counts()
-            return
-        self._phase_counts_due = True
-        loop.call_later(0.5, self._publish_phase_counts)
-
-    def _publish_phase_counts(self) -> None:
-        self._phase_counts_due = False
-        counts: Counter[tuple[str, str]] = Counter()
-        for (ns, _), body in self.jobs.items():
-            counts[(ns, str((body.get("status") or {}).get("phase", Phase.PENDING)))] += 1
-        metrics.set_phase_counts(dict(counts))
+            self.recorder.publish_phase_counts()
 
     # ------------------------------------------------------------------ pools
 
@@ -312,23 +232,12 @@ class Controller:
                 out.append(cand)
         return out
 
-    def _pool_problem(self, name: str) -> str:
-        """Why a stored IdlePool is invalid (what the API server cannot check, such as an
-        unknown time zone), in ``tidetune validate``'s words."""
-        from tidetune.manifests import explain
-
-        try:
-            IdlePool.model_validate(_strip(self.pools.get(name) or {}))
-        except ValidationError as err:
-            return "; ".join(": ".join(explain(dict(e), IdlePool)) for e in err.errors()[:3])
-        return "unknown"
-
     def _pool_model(self, name: str) -> IdlePool | None:
         body = self.pools.get(name)
         if body is None:
             return None
         try:
-            return IdlePool.model_validate(_strip(body))
+            return IdlePool.model_validate(strip(body))
         except ValidationError:
             return None
 
@@ -383,14 +292,14 @@ class Controller:
     async def _reconcile_job(self, key: JobKey, body: dict[str, Any]) -> float | None:
         assert self.kube is not None
         try:
-            job = FineTuneJob.model_validate(_strip(body))
+            job = FineTuneJob.model_validate(strip(body))
         except ValidationError as err:
             await self._fail_invalid(key, body, err)
             return None
         status = body.get("status") or {}
         phase = Phase(status.get("phase", Phase.PENDING))
         if phase.terminal:
-            self._record_metrics(job, status)
+            self.recorder.record_metrics(job, status)
             return None
         now = self.clock.now()
         launched = self._newest_launched(key, job)
@@ -402,7 +311,9 @@ class Controller:
         secret_data: dict[str, str] | None = None
         problems: list[tuple[Reason, str]] = []
         if not validated:
-            problems, secret_data = await self._check_refs(job, pool)
+            problems, secret_data = await check_references(
+                self.kube, job, pool, self.pools, self.config
+            )
         run: RunState | None = None
         creds: S3Credentials | None = None
         root = job_root_uri(job, self.config)
@@ -417,7 +328,7 @@ class Controller:
                 or seen.launcher_version != _rv(launched)
             )
             if fresh:
-                creds = await self._credentials(job, secret_data)
+                creds = await storage_credentials(self.kube, job, secret_data)
                 run = await asyncio.to_thread(observe.read_run_state, root, creds)
                 self._observed[key] = _Observed(time.monotonic(), run, _rv(launched))
             else:
@@ -433,7 +344,7 @@ class Controller:
         )
         decision = decide(world, self.config, self.launcher)
         if decision.needs_artifacts and root is not None:
-            creds = creds or await self._credentials(job, secret_data)
+            creds = creds or await storage_credentials(self.kube, job, secret_data)
             check: ArtifactCheck = await asyncio.to_thread(observe.verify_artifacts, root, creds)
             decision = decide(
                 World(**{**world.__dict__, "artifacts": check}), self.config, self.launcher
@@ -446,8 +357,8 @@ class Controller:
             decision = decide(world, self.config, self.launcher)
         new_status = await self._write_status(key, body, decision.status)
         await self._post_events(job.metadata, decision)
-        self._record_transition(job, status, new_status)
-        self._record_metrics(job, new_status)
+        self.recorder.record_transition(job, status, new_status)
+        self.recorder.record_metrics(job, new_status)
         return self._next_delay(Phase(new_status.get("phase", Phase.PENDING)), job)
 
     def _next_delay(self, phase: Phase, job: FineTuneJob) -> float | None:
@@ -474,116 +385,6 @@ class Controller:
                 ((o.get("metadata") or {}).get("labels") or {}).get(ATTEMPT_LABEL, 0)
             ),
         )
-
-    async def _check_refs(
-        self, job: FineTuneJob, pool: IdlePool | None
-    ) -> tuple[list[tuple[Reason, str]], dict[str, str] | None]:
-        """Check what the spec refers to, in the job's own namespace only."""
-        assert self.kube is not None
-        ns = job.metadata.namespace or "default"
-        problems: list[tuple[Reason, str]] = []
-        secret_data = None
-        if job_root_uri(job, self.config) is None:
-            problems.append(
-                (
-                    Reason.SPEC_INVALID,
-                    "no output location: set spec.output.uri "
-                    "(the operator has no defaultOutputUri)",
-                )
-            )
-        ref = job.spec.storage_secret_ref
-        if ref is not None:
-            try:
-                secret = await self.kube.get(SECRETS, ref.name, ns)
-            except ApiError as err:
-                if not err.not_found:
-                    raise
-                problems.append(
-                    (
-                        Reason.SECRET_NOT_FOUND,
-                        f"spec.storageSecretRef: Secret {ref.name} not found in namespace {ns}; "
-                        "create it there with keys accessKey and secretKey "
-                        "(a job reads only Secrets of its own namespace)",
-                    )
-                )
-            else:
-                secret_data = _decode(secret.get("data") or {})
-                missing = [k for k in ("accessKey", "secretKey") if not secret_data.get(k)]
-                if missing:
-                    problems.append(
-                        (
-                            Reason.SECRET_KEY_MISSING,
-                            f"spec.storageSecretRef: Secret {ref.name} has no "
-                            f"{' or '.join(missing)}; "
-                            "it needs keys accessKey and secretKey (endpoint optional)",
-                        )
-                    )
-        if job.spec.rl is not None:
-            for i, rule in enumerate(job.spec.rl.rewards):
-                if rule.function is None:
-                    continue
-                cm = rule.function.config_map_ref
-                where = f"spec.rl.rewards[{i}].function.configMapRef"
-                try:
-                    found = await self.kube.get(CONFIGMAPS, cm.name, ns)
-                except ApiError as err:
-                    if not err.not_found:
-                        raise
-                    problems.append(
-                        (
-                            Reason.CONFIG_MAP_NOT_FOUND,
-                            f"{where}: ConfigMap {cm.name} not found in namespace {ns}",
-                        )
-                    )
-                    continue
-                if cm.key not in (found.get("data") or {}):
-                    problems.append(
-                        (
-                            Reason.CONFIG_MAP_NOT_FOUND,
-                            f"{where}: ConfigMap {cm.name} has no key {cm.key}",
-                        )
-                    )
-        pool_name = job.spec.scheduling.pool
-        if pool_name:
-            if pool is None and pool_name in self.pools:
-                problems.append(
-                    (
-                        Reason.POOL_INVALID,
-                        f"spec.scheduling.pool: IdlePool {pool_name} is invalid: "
-                        f"{self._pool_problem(pool_name)}",
-                    )
-                )
-            elif pool is None:
-                problems.append(
-                    (
-                        Reason.POOL_NOT_FOUND,
-                        f"spec.scheduling.pool: IdlePool {pool_name} does not exist",
-                    )
-                )
-            elif job.spec.resources.total_gpus > pool.spec.gpus:
-                problems.append(
-                    (
-                        Reason.POOL_TOO_SMALL,
-                        f"spec.resources: the job needs {job.spec.resources.total_gpus} GPUs "
-                        f"({job.spec.resources.nodes} × {job.spec.resources.gpus_per_node}) "
-                        "but pool "
-                        f"{pool_name} has {pool.spec.gpus}",
-                    )
-                )
-        return problems, secret_data
-
-    async def _credentials(
-        self, job: FineTuneJob, known: dict[str, str] | None
-    ) -> S3Credentials | None:
-        ref = job.spec.storage_secret_ref
-        if ref is None:
-            return None
-        data = known
-        if data is None:
-            assert self.kube is not None
-            secret = await self.kube.get(SECRETS, ref.name, job.metadata.namespace)
-            data = _decode(secret.get("data") or {})
-        return observe.credentials_from_secret(data)
 
     async def _execute(self, job: FineTuneJob, decision: Decision) -> None:
         assert self.kube is not None
@@ -653,7 +454,7 @@ class Controller:
             raise
         if key in self.jobs:
             self.jobs[key] = updated  # write-through: the next plan sees it at once
-            self._publish_phase_counts_soon()
+            self.recorder.publish_phase_counts_soon()
         return updated.get("status") or status
 
     async def _post_events(self, meta: ObjectMeta, decision: Decision) -> None:
@@ -701,68 +502,6 @@ class Controller:
         await self._write_status(key, body, decision.status)
         involved = ObjectMeta.model_construct(name=key[1], namespace=key[0], uid=meta.get("uid"))
         await self._post_events(involved, decision)
-
-    def _record_transition(
-        self, job: FineTuneJob, old: dict[str, Any], new: dict[str, Any]
-    ) -> None:
-        before, after = old.get("phase"), new.get("phase")
-        ns = job.metadata.namespace or ""
-        pool = job.spec.scheduling.pool or ""
-        if after and after != before:
-            metrics.PHASE_TRANSITIONS.labels(ns, after).inc()
-            if (
-                after == Phase.RUNNING
-                and before in (None, Phase.PENDING, Phase.QUEUED)
-                and int(new.get("attempt", 0)) <= 1
-            ):
-                queued = parse_time(new.get("queuedTime")) or job.metadata.creation_timestamp
-                if queued is not None:
-                    metrics.QUEUE_WAIT.labels(pool).observe(
-                        max(0.0, (self.clock.now() - queued).total_seconds())
-                    )
-        # a preemption may keep the phase (Running → Running on a new attempt)
-        preempted = int(new.get("preemptions", 0)) - int(old.get("preemptions", 0))
-        if preempted > 0:
-            metrics.PREEMPTIONS.labels(ns, pool).inc(preempted)
-
-    def _accrue_gpu_hours(self, key: JobKey, job: FineTuneJob, status: dict[str, Any]) -> None:
-        """Add the running time since the last look to ``tidetune_gpu_hours_total``.
-
-        Running time is ``runSeconds`` plus the current stint (``runningSince``), so the
-        counter grows while a job runs rather than when a stint ends. The first look at a
-        job after the operator starts only sets the baseline (a restarted operator must not
-        count a job's earlier hours again).
-        """
-        elapsed = float(status.get("runSeconds", 0.0))
-        since = parse_time(status.get("runningSince"))
-        if since is not None:
-            elapsed += max(0.0, (self.clock.now() - since).total_seconds())
-        counted = self._accrued_seconds.get(key)
-        self._accrued_seconds[key] = max(elapsed, counted or 0.0)
-        if counted is None or elapsed <= counted:
-            return
-        gpus = max(job.spec.resources.total_gpus, 0)
-        metrics.GPU_HOURS.labels(job.metadata.namespace or "", job.spec.scheduling.pool or "").inc(
-            (elapsed - counted) * gpus / 3600.0
-        )
-
-    def _record_metrics(self, job: FineTuneJob, status: dict[str, Any]) -> None:
-        queued = parse_time(status.get("queuedTime")) or job.metadata.creation_timestamp
-        metrics.observe_job(
-            job.metadata.namespace or "",
-            job.metadata.name,
-            status,
-            job.spec.scheduling.pool or "",
-            str(job.spec.method),
-            queued_since=queued.timestamp() if queued is not None else None,
-        )
-        self._accrue_gpu_hours(_key(job), job, status)
-
-
-def retry_delay(failures: int, base: float = 1.0, cap: float = 60.0) -> float:
-    """Seconds before retrying a reconcile that failed ``failures`` times in a row:
-    1, 2, 4, … up to a minute (the API or storage may be briefly down)."""
-    return min(cap, base * 2.0 ** max(0, failures - 1))
 
 
 def candidate(body: dict[str, Any]) -> admission.Candidate | None:
@@ -816,11 +555,6 @@ def candidate(body: dict[str, Any]) -> admission.Candidate | None:
     )
 
 
-def _strip(body: dict[str, Any]) -> dict[str, Any]:
-    """The parts of an API object the models read (kopf adds nothing we need)."""
-    return {k: body[k] for k in ("apiVersion", "kind", "metadata", "spec", "status") if k in body}
-
-
 def _rv(body: dict[str, Any]) -> str | None:
     rv = (body.get("metadata") or {}).get("resourceVersion")
     return str(rv) if rv is not None and str(rv).isdigit() else None
@@ -828,17 +562,3 @@ def _rv(body: dict[str, Any]) -> str | None:
 
 def _key(job: FineTuneJob) -> JobKey:
     return (job.metadata.namespace or "", job.metadata.name)
-
-
-def _decode(data: dict[str, str]) -> dict[str, str]:
-    out = {}
-    for k, v in data.items():
-        try:
-            out[k] = base64.b64decode(v).decode()
-        except (ValueError, UnicodeDecodeError):
-            out[k] = ""
-    return out
-
-
-def fingerprint(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()[:8]

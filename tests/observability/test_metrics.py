@@ -163,7 +163,7 @@ def test_a_preemption_that_keeps_the_phase_is_counted() -> None:
     ctl = _controller(FakeClock(T0))
     job = make_job()
     ns, pool = job.metadata.namespace or "", job.spec.scheduling.pool or ""
-    ctl._record_transition(
+    ctl.recorder.record_transition(
         job, {"phase": "Running", "preemptions": 0}, {"phase": "Running", "preemptions": 1}
     )
     assert value("tidetune_preemptions_total", namespace=ns, pool=pool) == 1
@@ -176,12 +176,12 @@ def test_first_launch_observes_queue_wait_and_counts_the_transition() -> None:
     job = make_job()
     ns, pool = job.metadata.namespace or "", job.spec.scheduling.pool or ""
     queued = {"phase": "Queued", "queuedTime": (T0 - timedelta(minutes=30)).isoformat()}
-    ctl._record_transition(job, queued, {**queued, "phase": "Running", "attempt": 1})
+    ctl.recorder.record_transition(job, queued, {**queued, "phase": "Running", "attempt": 1})
     assert value("tidetune_phase_transitions_total", namespace=ns, phase="Running") == 1
     assert value("tidetune_queue_wait_seconds_count", pool=pool) == 1
     assert value("tidetune_queue_wait_seconds_sum", pool=pool) == 1800.0
     # resuming later (Queued → Running on attempt 2) is not a second queue wait
-    ctl._record_transition(
+    ctl.recorder.record_transition(
         job, {**queued, "attempt": 2}, {**queued, "phase": "Running", "attempt": 2}
     )
     assert value("tidetune_queue_wait_seconds_count", pool=pool) == 1
@@ -194,15 +194,15 @@ def test_gpu_hours_accrue_while_running_not_only_when_a_stint_ends() -> None:
     key = (job.metadata.namespace or "", job.metadata.name)
     labels = {"namespace": key[0], "pool": "night-a100"}
     running = {"phase": "Running", "runningSince": T0.isoformat()}
-    ctl._record_metrics(job, running)  # first look: the baseline
+    ctl.recorder.record_metrics(job, running)  # first look: the baseline
     clock.advance(timedelta(minutes=30))
-    ctl._record_metrics(job, running)
+    ctl.recorder.record_metrics(job, running)
     assert value("tidetune_gpu_hours_total", **labels) == pytest.approx(4.0)  # 8 GPUs × 0.5 h
     clock.advance(timedelta(minutes=15))  # the stint ends: runSeconds takes the 45 minutes
-    ctl._record_metrics(job, {"phase": "Suspended", "runSeconds": 2700.0})
+    ctl.recorder.record_metrics(job, {"phase": "Suspended", "runSeconds": 2700.0})
     assert value("tidetune_gpu_hours_total", **labels) == pytest.approx(6.0)
     clock.advance(timedelta(hours=5))  # suspended: nothing accrues
-    ctl._record_metrics(job, {"phase": "Suspended", "runSeconds": 2700.0})
+    ctl.recorder.record_metrics(job, {"phase": "Suspended", "runSeconds": 2700.0})
     assert value("tidetune_gpu_hours_total", **labels) == pytest.approx(6.0)
 
 
@@ -212,14 +212,14 @@ def test_a_restarted_operator_does_not_count_earlier_hours_again() -> None:
     labels = {"namespace": job.metadata.namespace or "", "pool": "night-a100"}
     status = {"phase": "Running", "runSeconds": 36000.0, "runningSince": T0.isoformat()}
     ctl = _controller(clock)
-    ctl._record_metrics(job, status)
+    ctl.recorder.record_metrics(job, status)
     assert (value("tidetune_gpu_hours_total", **labels) or 0.0) == 0.0
 
 
 def test_deleting_a_job_removes_its_series_through_the_controller() -> None:
     ctl = _controller(FakeClock(T0))
     job = make_job()
-    ctl._record_metrics(job, STATUS)
+    ctl.recorder.record_metrics(job, STATUS)
     labels = {"namespace": job.metadata.namespace or "", "finetunejob": job.metadata.name}
     assert value("tidetune_job_train_loss", **labels) == 1.5
     body = {"metadata": {"namespace": labels["namespace"], "name": labels["finetunejob"]}}

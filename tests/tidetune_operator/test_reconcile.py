@@ -380,12 +380,6 @@ def test_model_size_hints_and_estimate(config: OperatorConfig) -> None:
     assert pre_run_estimate(make_job(), None, config) is None  # epochs: the trainer counts
 
 
-def test_failed_reconciles_back_off_exponentially_to_a_minute() -> None:
-    from tidetune_operator.controller import retry_delay
-
-    assert [retry_delay(n) for n in range(1, 9)] == [1, 2, 4, 8, 16, 32, 60, 60]
-
-
 def test_cancel_running_job_deletes_the_launcher_and_keeps_the_record(
     config: OperatorConfig,
 ) -> None:

@@ -1,0 +1,76 @@
+"""The controller's work queue: one handler per key at a time, coalesced re-queues,
+delays, and backoff after failures."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from tidetune_operator.kube import ApiError
+from tidetune_operator.workqueue import QueueKey, WorkQueue, retry_delay
+
+A: QueueKey = ("job", "team-a", "a")
+B: QueueKey = ("job", "team-a", "b")
+
+
+@pytest.mark.asyncio
+async def test_a_key_is_never_handled_twice_at_once_and_changes_are_not_lost() -> None:
+    running: set[QueueKey] = set()
+    calls: list[QueueKey] = []
+    overlap = False
+    release = asyncio.Event()
+
+    async def handle(key: QueueKey) -> float | None:
+        nonlocal overlap
+        overlap |= key in running
+        running.add(key)
+        calls.append(key)
+        if len(calls) == 1:
+            await release.wait()
+        running.discard(key)
+        return None
+
+    queue = WorkQueue(handle, workers=4)
+    queue.enqueue(A)  # before start: kept
+    queue.start()
+    try:
+        await asyncio.sleep(0.05)
+        for _ in range(5):  # A changes three times while handled: one more pass, not five
+            queue.enqueue(A)
+        queue.enqueue(B)
+        await asyncio.sleep(0.05)
+        assert calls == [A, B]
+        release.set()
+        await asyncio.sleep(0.05)
+        assert calls == [A, B, A] and not overlap
+        assert queue.reconciles["job"] == 3
+    finally:
+        await queue.stop()
+
+
+@pytest.mark.asyncio
+async def test_a_failing_key_is_retried_with_backoff_and_a_delay_requeues() -> None:
+    calls: list[float] = []
+    loop = asyncio.get_running_loop()
+
+    async def handle(key: QueueKey) -> float | None:
+        calls.append(loop.time())
+        if len(calls) == 1:
+            raise ApiError(503, "etcdserver: leader changed")
+        return 0.2 if len(calls) == 2 else None
+
+    queue = WorkQueue(handle, workers=1)
+    queue.start()
+    try:
+        queue.enqueue(A)
+        await asyncio.sleep(1.6)
+        assert len(calls) == 3
+        assert calls[1] - calls[0] == pytest.approx(retry_delay(1), abs=0.15)  # 1 s backoff
+        assert calls[2] - calls[1] == pytest.approx(0.2, abs=0.1)  # the handler's own delay
+    finally:
+        await queue.stop()
+
+
+def test_failed_reconciles_back_off_exponentially_to_a_minute() -> None:
+    assert [retry_delay(n) for n in range(1, 9)] == [1, 2, 4, 8, 16, 32, 60, 60]
