@@ -38,7 +38,7 @@ NEEDED_BUT_NOT_EXERCISED: dict[Rule, str] = {
         "Controller._execute DELETE_LAUNCHER: a superseded attempt's PyTorchJob is deleted"
     ),
     ("", "configmaps", "get"): (
-        "Controller._check_refs reads reward-function ConfigMaps of RL jobs (spec.rl.rewards"
+        "references.check_references reads reward-function ConfigMaps of RL jobs (spec.rl.rewards"
         "[].function.configMapRef), and create_or_get reads back an existing spec ConfigMap"
     ),
     ("tidetune.io", "idlepools/status", "patch"): (
