@@ -145,3 +145,71 @@ def test_resume_refuses_a_different_world_size(tmp_path: Path, chat_data: Path) 
     )
     assert second.returncode == exitcodes.BAD_INPUT, explain(second)
     assert "written by 1 process(es), this run has 2" in term.read_text()
+
+
+def test_exact_resume_with_gradient_accumulation(tmp_path: Path, chat_data: Path) -> None:
+    """Three micro-batches per step: the data position and the RNG resume mid-epoch."""
+    job = write_job(
+        tmp_path / "job.yaml",
+        chat_data,
+        hyperparameters={"maxSteps": 5, "batchSize": 2, "gradientAccumulationSteps": 3},
+        checkpointing={"everySteps": 2, "keep": 2},
+    )
+    full = run_trainer(job, tmp_path / "full")
+    assert full.returncode == 0, explain(full)
+    first = run_trainer(job, tmp_path / "int", env={"TIDETUNE_STOP_AT_STEP": "3"})
+    assert first.returncode == exitcodes.PREEMPTED, explain(first)
+    second = run_trainer(job, tmp_path / "int")
+    assert second.returncode == 0, explain(second)
+    a, b = losses(tmp_path / "full"), losses(tmp_path / "int")
+    assert len(a) == 5 and a == b
+    assert [m["tokens"] for m in metrics(tmp_path / "full")] == [
+        m["tokens"] for m in metrics(tmp_path / "int")
+    ]
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ("uri", "spec.data.train.uri"),
+        ("maxSamples", "spec.data.maxSamples"),
+        ("split", "spec.data.validation.splitRatio"),
+    ],
+)
+def test_resume_refuses_changed_data(
+    tmp_path: Path, chat_data: Path, change: str, field: str
+) -> None:
+    job = write_job(tmp_path / "job.yaml", chat_data, hyperparameters={"maxSteps": 6})
+    first = run_trainer(job, tmp_path / "run", env={"TIDETUNE_STOP_AT_STEP": "4"})
+    assert first.returncode == exitcodes.PREEMPTED, explain(first)
+    other = tmp_path / "other.jsonl"
+    other.write_bytes(chat_data.read_bytes())
+    spec: dict[str, object] = {"hyperparameters": {"maxSteps": 6}}
+    data = other if change == "uri" else chat_data
+    if change == "maxSamples":
+        spec["data"] = {"maxSamples": 40}
+    if change == "split":
+        spec["data"] = {"validation": {"splitRatio": 0.2}}
+    changed = write_job(tmp_path / "changed.yaml", data, **spec)
+    term = tmp_path / "term.log"
+    second = run_trainer(changed, tmp_path / "run", env={"TIDETUNE_TERMINATION_LOG": str(term)})
+    assert second.returncode == exitcodes.BAD_INPUT, explain(second)
+    message = term.read_text()
+    assert "written for other data or another base model" in message
+    assert field in message and "delete the run's checkpoints" in message
+
+
+def test_deepspeed_state_loads_strictly_for_trainable_weights(tmp_path: Path) -> None:
+    import torch
+
+    from tidetune_trainer.engine import _load_trainable_strict
+    from tidetune_trainer.errors import CheckpointError
+
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2))
+    model[0].requires_grad_(False)
+    saved = {k: v for k, v in model.state_dict().items() if k.startswith("1.")}
+    _load_trainable_strict(saved, model, tmp_path)  # frozen weights may be absent
+    with pytest.raises(CheckpointError, match="missing trainable weights"):
+        _load_trainable_strict({"1.weight": saved["1.weight"]}, model, tmp_path)
+    with pytest.raises(CheckpointError, match="unknown weights"):
+        _load_trainable_strict({**saved, "2.weight": saved["1.weight"]}, model, tmp_path)

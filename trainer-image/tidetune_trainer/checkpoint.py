@@ -63,6 +63,8 @@ class TrainerState:
     total_steps: int = 0
     world_size: int = 1
     fingerprint: str = ""
+    #: the base model and data it trained on (``TrainConfig.inputs``), to name a change
+    inputs: dict[str, str] = field(default_factory=dict)
     elapsed_seconds: float = 0.0
     last_eval_loss: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)

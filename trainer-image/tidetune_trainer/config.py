@@ -58,6 +58,9 @@ class TrainConfig:
     checkpoint_keep: int = 3
     export_checkpoints: int = 1
     merge_lora: bool = False
+    #: what the run trains on: ``spec.baseModel.uri`` and the data's identity (URIs,
+    #: format, columns, maxSamples, split, mix-in), as ``(spec field, value)`` pairs
+    inputs: tuple[tuple[str, str], ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -97,7 +100,12 @@ class TrainConfig:
             checkpoint_keep=spec.checkpointing.keep,
             export_checkpoints=spec.output.export_checkpoints,
             merge_lora=spec.output.merge_lora,
+            inputs=spec_inputs(spec),
         )
+
+    def inputs_dict(self) -> dict[str, str]:
+        """:attr:`inputs` as a dict (spec field → value)."""
+        return dict(self.inputs)
 
     def with_(self, **changes: Any) -> TrainConfig:
         """A copy with some fields changed (tests, benchmarks)."""
@@ -109,7 +117,8 @@ class TrainConfig:
         return self.eval_every_steps or self.checkpoint_every_steps
 
     def fingerprint(self) -> str:
-        """A hash of what determines the training trajectory; a checkpoint written under
+        """A hash of what determines the training trajectory (hyperparameters, method,
+        tuning, and the base model and data in :attr:`inputs`); a checkpoint written under
         another fingerprint cannot be resumed exactly. Checkpoint/export settings and
         the node layout are excluded (the world size is checked separately)."""
         d = asdict(self)
@@ -128,3 +137,29 @@ class TrainConfig:
             d.pop(k, None)
         blob = json.dumps(d, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def spec_inputs(spec: FineTuneJobSpec) -> tuple[tuple[str, str], ...]:
+    """The base model and data a spec trains on, as ``(spec field, value)`` pairs: what a
+    resumed run must share with the checkpoint it continues (same URIs, format, columns,
+    maxSamples, validation split and mix-in)."""
+    data = spec.data
+    train = data.train
+    out: list[tuple[str, Any]] = [
+        ("spec.baseModel.uri", spec.base_model.uri),
+        ("spec.data.train.uri", train.uri),
+        ("spec.data.train.format", getattr(train.format, "value", train.format)),
+        ("spec.data.train.promptColumn", getattr(train, "prompt_column", None)),
+        ("spec.data.train.responseColumn", getattr(train, "response_column", None)),
+        ("spec.data.maxSamples", data.max_samples),
+    ]
+    val = getattr(data, "validation", None)
+    if val is not None:
+        out.append(("spec.data.validation.uri", getattr(val, "uri", None)))
+        out.append(("spec.data.validation.splitRatio", getattr(val, "split_ratio", None)))
+    mix = getattr(data, "mix_in", None)
+    if mix is not None:
+        out.append(("spec.data.mixIn.uri", mix.uri))
+        out.append(("spec.data.mixIn.ratio", mix.ratio))
+        out.append(("spec.data.mixIn.format", getattr(mix.format, "value", mix.format)))
+    return tuple((k, "" if v is None else str(v)) for k, v in out)

@@ -528,9 +528,9 @@ class Engine:
             path, _ = self.model.load_checkpoint(
                 str(directory),
                 tag="deepspeed",
-                load_module_strict=False,
                 load_optimizer_states=True,
                 load_lr_scheduler_states=False,
+                custom_load_fn=lambda src, dst: _load_trainable_strict(src, dst, directory),
             )
             if path is None:
                 raise CheckpointError(f"{directory}: not a DeepSpeed checkpoint of this run")
@@ -619,6 +619,23 @@ class Engine:
         if self.is_main and tokenizer is not None:
             tokenizer.save_pretrained(str(directory))
         self.barrier()
+
+
+def _load_trainable_strict(src: dict[str, Any], dst: torch.nn.Module, where: Path) -> None:
+    """Load a DeepSpeed checkpoint's module weights, strictly for what trains: the
+    checkpoint holds only the trainable weights (frozen ones are excluded when saving),
+    and it must hold every one of them and nothing the model lacks."""
+    trainable = {n for n, p in dst.named_parameters() if p.requires_grad}
+    known = set(dst.state_dict())
+    missing = sorted(trainable - set(src))
+    unexpected = sorted(set(src) - known)
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{where}: the checkpoint does not fit this model (missing trainable weights "
+            f"{missing[:3]}, unknown weights {unexpected[:3]}); it was written for another "
+            "model or tuning. Delete the run's checkpoints to start over"
+        )
+    dst.load_state_dict(src, strict=False)
 
 
 def _save_full_model(

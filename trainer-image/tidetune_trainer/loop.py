@@ -145,6 +145,19 @@ def rl_metrics(means: dict[str, float], step_seconds: float) -> dict[str, float]
     return out
 
 
+def changed_inputs(saved: dict[str, str], now: dict[str, str]) -> list[str]:
+    """``field: was X, now Y`` for each base-model/data field that differs (a checkpoint
+    from before inputs were recorded has none: only its fingerprint is compared)."""
+    if not saved:
+        return []
+    out = []
+    for key in sorted(set(saved) | set(now)):
+        a, b = saved.get(key, ""), now.get(key, "")
+        if a != b:
+            out.append(f"{key}: was {a or '(unset)'!s}, now {b or '(unset)'!s}")
+    return out
+
+
 def total_steps(cfg: TrainConfig, steps_per_epoch: int) -> int:
     """maxSteps when set, else epochs × steps per epoch."""
     return cfg.max_steps if cfg.max_steps is not None else cfg.epochs * steps_per_epoch
@@ -225,6 +238,7 @@ class TrainingLoop:
             total_steps=self.total_steps,
             world_size=engine.world_size,
             fingerprint=cfg.fingerprint(),
+            inputs=cfg.inputs_dict(),
         )
         stop_at = os.environ.get(STOP_AT_STEP_ENV)
         self.stop_at_step = int(stop_at) if stop_at and stop_at.strip().isdigit() else None
@@ -249,6 +263,14 @@ class TrainingLoop:
                 f"{info.uri}: written by {state.world_size} process(es), this run has "
                 f"{self.engine.world_size}; resume with the same resources (nodes × "
                 "gpusPerNode / --nproc) or delete the run's checkpoints to start over"
+            )
+        changed = changed_inputs(state.inputs, self.cfg.inputs_dict())
+        if changed:
+            raise CheckpointError(
+                f"{info.uri}: written for other data or another base model ("
+                + "; ".join(changed)
+                + "). Resuming would continue a different run: rerun the original spec, or "
+                "delete the run's checkpoints (or use a new run location) to start over"
             )
         if state.fingerprint and state.fingerprint != self.cfg.fingerprint():
             raise CheckpointError(
