@@ -212,6 +212,55 @@ class Session:
             model.config.use_cache = False
         return model
 
+    def check_packing(self, model: Any, data: Any, tokenizer: Any) -> tuple[bool, bool]:
+        """Whether this model may train on packed rows, checked on the model itself
+        (:func:`~tidetune_trainer.data.collate.packing_probe`). Returns ``(packed,
+        flatten)`` for the collator. A model whose packed samples see each other trains
+        unpacked: ``data``'s rows are rebuilt one sample each, and the data report (and
+        log) says why. Flash-attention models get flattened packed batches."""
+        import torch
+
+        from tidetune_trainer.data.collate import packing_ok, packing_probe
+        from tidetune_trainer.data.packing import unpacked_rows
+
+        if not self.cfg.packing:
+            return False, False
+        arch = type(model).__name__
+        attn = str(getattr(getattr(model, "config", None), "_attn_implementation", "") or "")
+        flatten = attn.startswith("flash")
+        if any(hasattr(p, "ds_id") for p in model.parameters()):
+            note = (
+                f"packing probe skipped for {arch}: its parameters are sharded by ZeRO-3 as "
+                "they load; packing stays on"
+            )
+            log.warning("%s", note)
+            data.report.notes.append(note)
+            self._write_data_report(data)
+            return True, flatten
+        leak, drift = packing_probe(model, len(tokenizer))
+        dtype = next(model.parameters()).dtype
+        if packing_ok(leak, drift, dtype if dtype.is_floating_point else torch.float32):
+            return True, flatten
+        note = (
+            f"packing turned off: {arch} ({attn or 'default'} attention) lets samples packed "
+            f"in one row see each other (largest logit change {max(leak, drift):.3g}); it "
+            "trains one sample per row (set hyperparameters.packing: false to skip this check)"
+        )
+        log.warning("%s", note)
+        data.train_rows = unpacked_rows(data.train_samples)
+        data.validation_rows = unpacked_rows(data.validation_samples)
+        data.report.packing = False
+        data.report.notes.append(note)
+        self._write_data_report(data)
+        return False, False
+
+    def _write_data_report(self, data: Any) -> None:
+        if self.is_main:
+            self.run_store.write_text(
+                ObjectStore.join(self.run_key, "data-report.json"),
+                json.dumps(data.report.to_dict(), indent=1, default=str),
+            )
+
     def steps(self, rows: int) -> tuple[int, int]:
         """(steps per epoch, total steps) for ``rows`` training rows."""
         from tidetune_trainer.loop import DataOrder, total_steps

@@ -21,6 +21,20 @@ as correct: the tests compare per-token losses of packed and unpacked batches.
 
 Unpacked batches are right-padded and carry a 2-D ``attention_mask``.
 
+Not every architecture honours this: some build their mask (and positions) from
+``attention_mask`` alone and ignore ``position_ids`` (OPT, Bloom, MPT in this transformers
+version), so packed samples would attend to each other. :func:`packing_probe` finds out
+at load time by running the model itself: the logits of a sample packed after another must
+not depend on that other sample's content, and must equal the sample's logits alone. The
+trainer turns packing off for a model that fails (see ``Session.check_packing``).
+
+``flash_attention_2`` detects packed sequences from ``position_ids`` only when the batch
+holds a single row; with more rows it attends across the whole row. For such models the
+collator emits the packed rows flattened into one row (``flatten``), each row's padding a
+sequence of its own, so the boundaries reach the kernel as ``cu_seqlens``. This cannot be
+checked without a GPU and flash-attn; on CPU the flattened layout is checked to give the
+same per-token losses as the rows.
+
 Batches hold ``input_ids``, ``position_ids``, ``labels`` (``-100`` where the weight is
 0), ``loss_weights`` (float) and, when not packed, ``attention_mask``; all ``[B, T]``.
 """
@@ -57,6 +71,8 @@ class Collator:
     pad_token_id: int
     packed: bool = True
     pad_to_multiple_of: int | None = None
+    #: packed rows as one row ``[1, B·T]`` (flash-attention, see the module docstring)
+    flatten: bool = False
 
     def __call__(self, rows: Sequence[PackedRow]) -> dict[str, torch.Tensor]:
         if not rows:
@@ -91,6 +107,8 @@ class Collator:
         }
         if not self.packed:
             batch["attention_mask"] = attention
+        elif self.flatten:
+            batch = {k: v.reshape(1, -1) for k, v in batch.items()}
         return batch
 
 
@@ -164,3 +182,51 @@ def prepare_model_for_packing(model: Any) -> None:
     config = getattr(model, "config", None)
     if config is not None:
         config.use_cache = False
+
+
+def packing_probe(model: Any, vocab_size: int) -> tuple[float, float]:
+    """Run ``model`` on two tiny samples packed as the collator packs them and alone.
+
+    Returns ``(leak, drift)``: ``leak`` is the largest change of the second sample's
+    logits when the first sample's tokens change (nonzero: packed samples see each
+    other); ``drift`` is the largest difference between the packed and the alone logits
+    (positions or masking handled differently). Runs in eval mode without gradients;
+    the model's mode is restored.
+    """
+    g = torch.Generator().manual_seed(1234)
+    hi = max(4, min(vocab_size, 30_000))
+    a, b, c = (torch.randint(3, hi, (n,), generator=g) for n in (7, 7, 9))
+    device = next(model.parameters()).device
+
+    def logits(ids: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        out = model(
+            input_ids=ids.view(1, -1).to(device),
+            position_ids=pos.view(1, -1).to(device),
+            use_cache=False,
+        )
+        result: torch.Tensor = out.logits[0].float().cpu()
+        return result
+
+    def packed(first: torch.Tensor) -> torch.Tensor:
+        ids = torch.cat([first, c])
+        pos = torch.cat([torch.arange(len(first)), torch.arange(len(c))])
+        return logits(ids, pos)[len(first) :]
+
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            after_a, after_b = packed(a), packed(b)
+            alone = logits(c, torch.arange(len(c)))
+    finally:
+        model.train(was_training)
+    leak = float((after_a - after_b).abs().max())
+    drift = float((after_a - alone).abs().max())
+    return leak, drift
+
+
+def packing_ok(leak: float, drift: float, dtype: torch.dtype) -> bool:
+    """Whether probe results mean samples packed in a row do not see each other: no leak
+    beyond rounding, and packed logits equal the alone ones within the dtype's noise."""
+    tolerance = 1e-4 if dtype == torch.float32 else 5e-2
+    return leak <= 1e-6 and drift <= tolerance

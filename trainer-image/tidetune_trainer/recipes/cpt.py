@@ -24,9 +24,10 @@ def run(session: Any) -> None:
     # ---- setup
     data, tokenizer = session.prepare_data("cpt")
     model = session.load_model(tokenizer)
+    packed, flatten = session.check_packing(model, data, tokenizer)
     session.write_estimate(data.report.tokens, model, rows=len(data.train_rows))
     engine = session.create_engine(model, rows=len(data.train_rows))
-    objective = CausalLMObjective(tokenizer.pad_token_id, packed=session.cfg.packing)
+    objective = CausalLMObjective(tokenizer.pad_token_id, packed=packed, flatten=flatten)
     # ---- train
     loop = session.make_loop(engine, objective, data.train_rows, data.validation_rows, tokenizer)
     loop.resume()

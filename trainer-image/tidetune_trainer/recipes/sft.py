@@ -41,8 +41,8 @@ from tidetune_trainer.engine import Engine
 class CausalLMObjective:
     """Weighted next-token loss on rows of ``input_ids``/``loss_weights`` (SFT and CPT)."""
 
-    def __init__(self, pad_token_id: int, *, packed: bool) -> None:
-        self.collator = Collator(pad_token_id, packed=packed)
+    def __init__(self, pad_token_id: int, *, packed: bool, flatten: bool = False) -> None:
+        self.collator = Collator(pad_token_id, packed=packed, flatten=flatten)
 
     def collate(self, rows: Sequence[Any]) -> dict[str, torch.Tensor]:
         return self.collator(rows)
@@ -74,9 +74,10 @@ def run(session: Any) -> None:
     # ---- setup
     data, tokenizer = session.prepare_data("sft")
     model = session.load_model(tokenizer)
+    packed, flatten = session.check_packing(model, data, tokenizer)
     session.write_estimate(data.report.tokens, model, rows=len(data.train_rows))
     engine = session.create_engine(model, rows=len(data.train_rows))
-    objective = CausalLMObjective(tokenizer.pad_token_id, packed=session.cfg.packing)
+    objective = CausalLMObjective(tokenizer.pad_token_id, packed=packed, flatten=flatten)
     # ---- train
     loop = session.make_loop(engine, objective, data.train_rows, data.validation_rows, tokenizer)
     loop.resume()
