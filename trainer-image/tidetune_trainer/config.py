@@ -44,6 +44,7 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     seed: int = 42
     packing: bool = True
+    gradient_checkpointing: bool = False
     log_every_steps: int = 1
     eval_every_steps: int | None = None
     # methods
@@ -89,6 +90,7 @@ class TrainConfig:
             max_grad_norm=hp.max_grad_norm,
             seed=hp.seed,
             packing=hp.packing,
+            gradient_checkpointing=hp.gradient_checkpointing,
             log_every_steps=hp.log_every_steps,
             eval_every_steps=hp.eval_every_steps,
             dpo_beta=spec.dpo.beta if spec.dpo is not None else 0.1,
@@ -133,6 +135,7 @@ class TrainConfig:
             "gpus_per_node",
             "nodes",
             "offload",
+            "gradient_checkpointing",
         ):
             d.pop(k, None)
         blob = json.dumps(d, sort_keys=True, default=str).encode()

@@ -356,6 +356,15 @@ class Engine:
         ``extra_modules`` (e.g. PPO's ``v_head``) are attached to the tuned model as
         trainable submodules: trained, checkpointed and resumed with it, never exported.
         ``trainable_tokens``: see :func:`apply_tuning`."""
+        if cfg.gradient_checkpointing:
+            if not getattr(model, "supports_gradient_checkpointing", False):
+                raise UnsupportedError(
+                    f"spec.hyperparameters.gradientCheckpointing: {type(model).__name__} does "
+                    "not support gradient checkpointing; set it to false"
+                )
+            model.gradient_checkpointing_enable(  # type: ignore[operator]
+                gradient_checkpointing_kwargs={"use_reentrant": False}
+            )
         model = apply_tuning(model, cfg, trainable_tokens)
         for name, module in (extra_modules or {}).items():
             for p in module.parameters():
