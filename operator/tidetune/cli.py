@@ -3,8 +3,9 @@
 ``validate``, ``crds`` and the job commands (:mod:`tidetune.jobs.cli`: ``metrics``,
 ``logs``, ``compare``, ``copy``, ``cancel``, ``report``, ``publish``) need only this light
 package (plus the kubernetes client for cluster jobs, matplotlib for PNGs). ``run``,
-``data stats``, ``chat``, ``generate`` and ``eval`` need the trainer (torch, transformers):
-they are imported only when called, so the operator image ships the same CLI without torch.
+``data stats``, ``data preview``, ``chat``, ``generate`` and ``eval`` need the trainer
+(torch, transformers): they are imported only when called, so the operator image ships
+the same CLI without torch.
 """
 
 from __future__ import annotations
@@ -147,6 +148,10 @@ def build_parser() -> argparse.ArgumentParser:
         "stats", help="samples, tokens, lengths and packing efficiency", add_help=False
     )
     stats.set_defaults(delegate="tidetune_trainer.data.stats")
+    preview = data_sub.add_parser(
+        "preview", help="each sample's tokens and which of them are trained", add_help=False
+    )
+    preview.set_defaults(delegate="tidetune_trainer.data.preview")
 
     rewards = sub.add_parser("rewards", help="try a job's reward rules")
     rewards_sub = rewards.add_subparsers(
@@ -167,11 +172,14 @@ def main(argv: Sequence[str] | None = None, prog: str = "tidetune") -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     parser.prog = prog
-    # `run` and `data stats` parse their own arguments (they live in the trainer package).
+    # `run`, `data stats` and `data preview` parse their own arguments (they live in the
+    # trainer package, imported only when called).
     if args_list[:1] == ["run"]:
         return _delegate("tidetune_trainer.local_run", args_list[1:])
     if args_list[:2] == ["data", "stats"]:
         return _delegate("tidetune_trainer.data.stats", args_list[2:])
+    if args_list[:2] == ["data", "preview"]:
+        return _delegate("tidetune_trainer.data.preview", args_list[2:])
     if args_list[:2] == ["rewards", "test"]:
         return _delegate("tidetune_trainer.rl.rewards_cli", args_list[2:])
     args = parser.parse_args(args_list)
