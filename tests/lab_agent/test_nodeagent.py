@@ -457,7 +457,7 @@ def test_deletion_sigterm_then_sigkill_after_the_grace_period(cluster: Cluster) 
         assert (marker / name).read_text() == "SIGTERM\n"
         assert not _alive(pids[name])
     assert 3 <= took["stubborn"] < 12, took  # SIGKILL once the 3 s grace period ran out
-    assert took["polite"] < 3, took  # gone as soon as it exited, not after 30 s
+    assert took["polite"] < 10, took  # gone as soon as it exited, not after its 30 s
 
 
 def test_lifecycle_hooks_around_start_and_deletion(cluster: Cluster) -> None:
@@ -528,9 +528,10 @@ spec:
     starts = [float(x) for x in (marker / "starts").read_text().split()]
     gaps = [b - a for a, b in itertools.pairwise(starts)]
     # the kubelet's rule with restartBackoff 1 s doubling to 4 s: at once, 1 s, 2 s, 4 s
+    # (upper bounds leave room for a loaded machine: each start spawns a shim)
     assert gaps[0] < 0.9, gaps
-    assert 0.9 <= gaps[1] < 1.9, gaps
-    assert 1.9 <= gaps[2] < 3.5, gaps
+    assert 0.9 <= gaps[1] < 3, gaps
+    assert 1.9 <= gaps[2] < 5 and gaps[2] > gaps[1] + 0.5, gaps
     assert cluster.logs("crasher", "--previous").strip() == "attempt"
     cluster.kubectl("delete", "pod", "-n", NS, "crasher", "--wait=true")
 

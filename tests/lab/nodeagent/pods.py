@@ -635,6 +635,7 @@ class PodWorker(threading.Thread):
         full_env.update(env)
         if container.runs:
             record.restart_count += 1  # counted when the new container starts, as the kubelet
+            container.backoff_updated = time.monotonic()  # the back-off runs from this start
         container.runs += 1
         attempt = record.restart_count
         cdir = self.dir / "containers" / container.name
