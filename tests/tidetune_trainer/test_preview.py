@@ -40,10 +40,8 @@ def test_json_lists_tokens_with_their_weights(
     tmp_path: Path, qwen3: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     data = _chat(tmp_path / "chat.jsonl")
-    code = main(
-        ["data", "preview", str(data), "--format", "messages", "--model", f"file://{qwen3}"]
-        + ["--limit", "2", "--json"]
-    )
+    args = ["data", "preview", str(data), "--format", "messages", "--model", f"file://{qwen3}"]
+    code = main([*args, "--limit", "2", "--json"])
     assert code == 0
     out = json.loads(capsys.readouterr().out)
     assert [s["origin"] for s in out["samples"]] == [f"{data}:1", f"{data}:2"]
