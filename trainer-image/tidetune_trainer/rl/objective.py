@@ -105,6 +105,24 @@ def step_generator(
     return g
 
 
+def _cache_argument(model: Any) -> str:
+    """The forward's KV-cache keyword: ``cache`` (transformers ≥ 5.2x) or the older
+    ``past_key_values``; a peft wrapper is looked through."""
+    import inspect
+
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    try:
+        params = inspect.signature(inner.forward).parameters
+    except (TypeError, ValueError):
+        return "past_key_values"
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def _cache_of(out: Any) -> Any:
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else out.past_key_values
+
+
 @torch.no_grad()
 def generate(
     model: Any,
@@ -125,8 +143,9 @@ def generate(
     n = prompt_ids.shape[0]
     device = prompt_ids.device
     stop = torch.tensor(list(stop_ids) or [-1], device=device)
+    cache_arg = _cache_argument(model)
     out = model(input_ids=prompt_ids, attention_mask=prompt_mask, use_cache=True)
-    past = out.past_key_values
+    past = _cache_of(out)
     logits = out.logits[:, -1, :]
     attn = prompt_mask
     tokens: list[torch.Tensor] = []
@@ -143,9 +162,9 @@ def generate(
             break
         attn = torch.cat([attn, torch.ones(n, 1, dtype=attn.dtype, device=device)], dim=1)
         out = model(
-            input_ids=nxt.unsqueeze(1), attention_mask=attn, past_key_values=past, use_cache=True
+            input_ids=nxt.unsqueeze(1), attention_mask=attn, use_cache=True, **{cache_arg: past}
         )
-        past = out.past_key_values
+        past = _cache_of(out)
         logits = out.logits[:, -1, :]
     return torch.stack(tokens, dim=1), torch.stack(masks, dim=1).to(torch.long)
 
