@@ -31,8 +31,11 @@ from typing import Any, Final, NotRequired, TypedDict
 from tidetune.estimate import EstimateError, EstimateTables, estimate_for_spec
 
 __all__ = [
+    "FINAL_ARTIFACT",
     "MANIFEST_API_VERSION",
     "MANIFEST_KIND",
+    "MERGED_ARTIFACT",
+    "METRICS_ARTIFACT",
     "ArtifactRecord",
     "ArtifactStatus",
     "CheckpointRecord",
@@ -43,6 +46,9 @@ __all__ = [
     "RunState",
     "RunStateName",
     "artifact_digest",
+    "checkpoint_artifact",
+    "default_model_artifact",
+    "model_artifacts",
     "price_count",
 ]
 
@@ -185,6 +191,32 @@ def price_count(
 
 MANIFEST_API_VERSION: Final = "tidetune.io/v1alpha1"
 MANIFEST_KIND: Final = "ArtifactManifest"
+#: the trained model (a LoRA adapter, or the full model), with its tokenizer
+FINAL_ARTIFACT: Final = "final"
+#: with output.mergeLora: the base model with the adapter merged in
+MERGED_ARTIFACT: Final = "merged"
+#: the training curve (metrics.jsonl)
+METRICS_ARTIFACT: Final = "metrics"
+
+
+def checkpoint_artifact(step: int) -> str:
+    """An exported checkpoint's artifact name: ``checkpoint-<step>``."""
+    return f"checkpoint-{step}"
+
+
+def model_artifacts(manifest: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
+    """The manifest's loadable models (folder artifacts, whose uri ends with ``/``), by
+    name, in the manifest's order."""
+    return {
+        str(a["name"]): a
+        for a in manifest.get("artifacts") or []
+        if isinstance(a, Mapping) and str(a.get("uri", "")).endswith("/")
+    }
+
+
+def default_model_artifact(names: Iterable[str]) -> str:
+    """The model to use when none is named: the merged model if exported, else the final."""
+    return MERGED_ARTIFACT if MERGED_ARTIFACT in set(names) else FINAL_ARTIFACT
 
 
 class FileRecord(TypedDict):

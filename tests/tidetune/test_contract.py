@@ -109,3 +109,20 @@ def test_the_count_is_priced_on_the_given_device_and_tables() -> None:
     # not a count, or a device the tables do not know: no estimate rather than a wrong one
     assert price_count({"trainTokens": 5, "gpuHours": 1.0}, _spec(), "a100", tables) is None
     assert price_count(doc, _spec(), "tpu", tables) is None
+
+
+def test_the_model_artifacts_and_which_one_is_used_by_default() -> None:
+    from tidetune.contract import checkpoint_artifact, default_model_artifact, model_artifacts
+
+    manifest = {
+        "artifacts": [
+            {"name": "final", "uri": "s3://a/final/"},
+            {"name": checkpoint_artifact(40), "uri": "s3://a/checkpoint-40/"},
+            {"name": "metrics", "uri": "s3://a/metrics.jsonl"},
+        ]
+    }
+    models = model_artifacts(manifest)
+    assert list(models) == ["final", "checkpoint-40"]  # a file is not a model
+    assert default_model_artifact(models) == "final"
+    assert default_model_artifact([*models, "merged"]) == "merged"
+    assert model_artifacts({}) == {}

@@ -153,3 +153,15 @@ def test_run_and_data_stats_help_end_with_examples() -> None:
         assert out.returncode == 0, out.stderr
         examples = out.stdout.split("examples:\n", 1)[1].splitlines()
         assert examples and all(x.strip().startswith(prefix) for x in examples if x.strip())
+
+
+def test_nproc_must_be_at_least_one() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "tidetune", "run", "job.yaml", "--nproc", "0"],
+        env=trainer_env(),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert out.returncode == 2
+    assert "argument --nproc: got 0; allowed: a whole number ≥ 1" in out.stderr

@@ -23,7 +23,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tidetune.contract import MANIFEST_API_VERSION, MANIFEST_KIND, artifact_digest
+from tidetune.contract import (
+    MANIFEST_API_VERSION,
+    MANIFEST_KIND,
+    artifact_digest,
+    checkpoint_artifact,
+)
 from tidetune.layout import MANIFEST_FILE, job_root
 from tidetune.storage import LocalStore, ObjectStore, open_store
 from tidetune_trainer.checkpoint import CheckpointManager, utcnow
@@ -150,7 +155,9 @@ class ArtifactWriter:
         for info in ckpt.complete()[-count:] if count > 0 else []:
             src_key = ObjectStore.join(info.key, "model")
             with _local_copy(ckpt.store, src_key) as local:
-                out.append(self.add_dir(f"checkpoint-{info.step}", kind, local, step=info.step))
+                out.append(
+                    self.add_dir(checkpoint_artifact(info.step), kind, local, step=info.step)
+                )
         return out
 
     def write_manifest(self, extra: dict[str, Any] | None = None) -> ArtifactEntry:

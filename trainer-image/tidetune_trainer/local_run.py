@@ -73,6 +73,16 @@ class Timeline:
         )
 
 
+def _at_least_one(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"got {text!r}; allowed: a whole number ≥ 1") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"got {value}; allowed: a whole number ≥ 1")
+    return value
+
+
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="tidetune run",
@@ -90,7 +100,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     )
     p.add_argument(
         "--nproc",
-        type=int,
+        type=_at_least_one,
         default=None,
         help="training processes (default: GPUs on this machine, else 1)",
     )

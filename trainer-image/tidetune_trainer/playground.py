@@ -108,16 +108,14 @@ def _job_for(args: argparse.Namespace, text: str) -> JobView | None:
 
 
 def _artifact_uri(job: JobView, wanted: str | None) -> tuple[str, str]:
+    from tidetune.jobs.publish import choose_artifact
+
     manifest = job.require_manifest()
-    models = {
-        a["name"]: a for a in manifest.get("artifacts", []) if str(a.get("uri", "")).endswith("/")
-    }
-    name = wanted or ("merged" if "merged" in models else "final")
-    if name not in models:
-        raise JobError(
-            f"{job.ref}: no artifact {name!r} exported; exported: " + (", ".join(models) or "none")
-        )
-    return name, str(models[name]["uri"])
+    try:
+        chosen = choose_artifact(manifest, wanted)
+    except JobError as e:
+        raise JobError(f"{job.ref}: {e}") from None
+    return str(chosen["name"]), str(chosen["uri"])
 
 
 def _local_dir(uri: str, credentials: S3Credentials | None, tmp: Path) -> Path:

@@ -16,7 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from tidetune import layout
-from tidetune.contract import EstimateDocument
+from tidetune.contract import (
+    FINAL_ARTIFACT,
+    MERGED_ARTIFACT,
+    METRICS_ARTIFACT,
+    EstimateDocument,
+)
 from tidetune.storage import ObjectStore, S3Credentials, open_store
 from tidetune_trainer.config import TrainConfig
 from tidetune_trainer.errors import BadInputError
@@ -356,22 +361,24 @@ class Session:
         kind = "lora-adapter" if is_lora else "model"
         statuses: list[dict[str, Any]] = []
         try:
-            engine.export_model(tmp / "final", tokenizer)
+            engine.export_model(tmp / FINAL_ARTIFACT, tokenizer)
             if self.cfg.merge_lora and is_lora:
-                engine.export_model(tmp / "merged", tokenizer, merge=True)
+                engine.export_model(tmp / MERGED_ARTIFACT, tokenizer, merge=True)
             if engine.is_main:
                 writer = ArtifactWriter(
                     self.output_uri, self.namespace, self.name, self.uid, self.credentials
                 )
-                writer.add_dir("final", kind, tmp / "final", step=loop.state.step)
+                writer.add_dir(FINAL_ARTIFACT, kind, tmp / FINAL_ARTIFACT, step=loop.state.step)
                 if self.cfg.merge_lora and is_lora:
-                    writer.add_dir("merged", "model", tmp / "merged", step=loop.state.step)
+                    writer.add_dir(
+                        MERGED_ARTIFACT, "model", tmp / MERGED_ARTIFACT, step=loop.state.step
+                    )
                 writer.add_checkpoints(loop.ckpt, self.cfg.export_checkpoints, kind)
                 metrics_key = ObjectStore.join(self.run_key, METRICS_FILE)
                 if self.run_store.exists(metrics_key):
                     local_metrics = tmp / METRICS_FILE
                     self.run_store.download_file(metrics_key, local_metrics)
-                    writer.add_file("metrics", "metrics", local_metrics)
+                    writer.add_file(METRICS_ARTIFACT, "metrics", local_metrics)
                 manifest = writer.write_manifest(
                     {
                         "baseModel": self.spec.base_model.uri,

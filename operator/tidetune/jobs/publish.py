@@ -236,14 +236,14 @@ def _metrics(lines: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def choose_artifact(manifest: dict[str, Any], wanted: str | None) -> dict[str, Any]:
-    models = {
-        a["name"]: a for a in manifest.get("artifacts", []) if str(a.get("uri", "")).endswith("/")
-    }
-    name = wanted or ("merged" if "merged" in models else "final")
+    """The exported model ``wanted`` names (default: merged if exported, else final)."""
+    from tidetune.contract import default_model_artifact, model_artifacts
+
+    models = model_artifacts(manifest)
+    name = wanted or default_model_artifact(models)
     if name not in models:
         raise JobError(f"no artifact {name!r} exported; exported: {', '.join(models) or 'none'}")
-    chosen: dict[str, Any] = models[name]
-    return chosen
+    return dict(models[name])
 
 
 def publish(
