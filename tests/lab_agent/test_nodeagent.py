@@ -385,7 +385,9 @@ def test_exit_codes_reasons_and_termination_messages(cluster: Cluster) -> None:
         'exec: "no-such-binary": executable file not found in $PATH'
         in terminated["missing"]["message"]
     )
-    if CgroupRoot("tidetune-lab-probe").available:
+    probe = CgroupRoot("tidetune-lab-probe")
+    probe.close()
+    if probe.available:
         assert terminated["oom"]["reason"] == "OOMKilled"
         assert terminated["oom"]["exitCode"] == 137
     for item in terminated.values():
