@@ -140,9 +140,15 @@ def live_pods(job: JobView, attempt: int | None) -> list[Any]:
     if not isinstance(job, ClusterJob):
         return []
     current = attempt if attempt is not None else int(job.status.get("attempt") or 0)
+    try:
+        found = job.pods()
+    except JobError as e:
+        # no access to the pods (RBAC): what the trainer kept in the run location remains
+        print(f"tidetune logs: {e}; showing the logs kept in the run location", file=sys.stderr)
+        return []
     pods = [
         p
-        for p in job.pods()
+        for p in found
         if (p.metadata.labels or {}).get(ATTEMPT_LABEL) == str(current)
         and (p.status.phase or "") in ("Running", "Pending")
     ]
@@ -154,10 +160,11 @@ def show(
     attempt: int | None,
     rank: int | None,
     follow: bool,
-    out: TextIO = sys.stdout,
+    out: TextIO | None = None,
     refresh: Callable[[], JobView] | None = None,
     interval: float = 2.0,
 ) -> int:
+    out = out or sys.stdout  # looked up now: the caller may have replaced sys.stdout
     pods = live_pods(job, attempt)
     if pods:
         return _from_pods(job, pods, rank, follow, out)

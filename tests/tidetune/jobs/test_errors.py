@@ -366,6 +366,16 @@ class Cluster:
                 404,
                 _status(404, "NotFound", f'finetunejobs.tidetune.io "{name}" not found'),
             )
+        elif path == "/api/v1/namespaces/team-a/pods":
+            code, body = (
+                403,
+                _status(
+                    403,
+                    "Forbidden",
+                    'pods is forbidden: User "alice" cannot list resource "pods" in API group "" '
+                    'in the namespace "team-a"',
+                ),
+            )
         elif path == "/api/v1/namespaces/team-a/secrets/s3-creds":
             code, body = (
                 403,
@@ -500,3 +510,21 @@ def test_a_kubeconfig_that_cannot_be_loaded(
     assert code == 1
     assert one_line(err).startswith(f"tidetune logs: cannot load the kubeconfig {bad}: ")
     assert one_line(err).endswith("; give --kubeconfig, or --workdir DIR for a local run")
+
+
+def test_logs_without_access_to_the_pods_show_the_kept_logs(
+    cluster: tuple[Cluster, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    server, kubeconfig = cluster
+    run = server.out_dir / "team-a" / "running" / "uid-running" / "run"
+    log = run / "logs" / "attempt-1" / "rank-0.log"
+    log.parent.mkdir(parents=True)
+    log.write_text("2026-11-01T00:00:01.000Z INFO tidetune_trainer.progress: step 1/9 loss 2.5\n")
+    code, out, err = run_cli(capsys, "logs", "running", "--kubeconfig", kubeconfig)
+    assert code == 0, err
+    assert "INFO tidetune_trainer.progress: step 1/9 loss 2.5" in out
+    assert one_line(err) == (
+        "tidetune logs: cannot list the pods of team-a/running: forbidden; ask for access to it "
+        '(pods is forbidden: User "alice" cannot list resource "pods" in API group "" in the '
+        'namespace "team-a"); showing the logs kept in the run location'
+    )
