@@ -35,9 +35,12 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tidetune import exitcodes, layout
+
+if TYPE_CHECKING:
+    from tidetune_trainer.session import Session
 
 log = logging.getLogger("tidetune_trainer")
 
@@ -105,7 +108,7 @@ def write_exit_code(code: int) -> None:
         pass
 
 
-def _record_failure(session: Any, run_uri: str | None, code: int, message: str) -> None:
+def _record_failure(session: Session | None, run_uri: str | None, code: int, message: str) -> None:
     """Rank 0: mark progress.json failed (also when the reporter never started)."""
     if _rank() != 0 or not run_uri:
         return
@@ -149,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     port = args.metrics_port
     if port is None and os.environ.get(METRICS_PORT_ENV):
         port = int(os.environ[METRICS_PORT_ENV])
-    session = None
+    session: Session | None = None
     code = exitcodes.SUCCEEDED
     message = ""
     try:

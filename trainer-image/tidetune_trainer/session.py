@@ -13,7 +13,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from tidetune import layout
 from tidetune.contract import (
@@ -26,7 +26,22 @@ from tidetune.storage import ObjectStore, S3Credentials, open_store
 from tidetune_trainer.config import TrainConfig
 from tidetune_trainer.errors import BadInputError
 
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from accelerate import Accelerator
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from tidetune.api import FineTuneJob, FineTuneJobSpec
+    from tidetune_trainer.data.prepare import PreparedData
+    from tidetune_trainer.engine import Engine
+    from tidetune_trainer.loop import Objective, StopFlag, TrainingLoop
+    from tidetune_trainer.progress import ProgressReporter
+
 log = logging.getLogger(__name__)
+
+#: a JSON object (a manifest body, an artifact status)
+JSONObject = dict[str, object]
 
 
 #: spec fields that hold URIs (dotted snake_case paths inside ``spec``)
@@ -40,14 +55,14 @@ URI_FIELDS = (
 _CAMEL = {"base_model": "baseModel", "mix_in": "mixIn"}
 
 
-def resolve_relative_uris(body: dict[str, Any], base: Path) -> dict[str, Any]:
+def resolve_relative_uris(body: JSONObject, base: Path) -> JSONObject:
     """Rewrite relative ``file://`` URIs in a manifest body (``file://data/x.jsonl``) to
     absolute ones against ``base`` (the manifest's folder). Returns the body."""
     spec = body.get("spec")
     if not isinstance(spec, dict):
         return body
     for path in URI_FIELDS:
-        node: Any = spec
+        node: object = spec
         for part in path[:-1]:
             node = node.get(_CAMEL.get(part, part)) if isinstance(node, dict) else None
         if not isinstance(node, dict):
@@ -58,7 +73,7 @@ def resolve_relative_uris(body: dict[str, Any], base: Path) -> dict[str, Any]:
     return body
 
 
-def load_job(path: str | os.PathLike[str]) -> Any:
+def load_job(path: str | os.PathLike[str]) -> FineTuneJob:
     """Read and validate a FineTuneJob manifest (YAML or JSON); relative ``file://`` URIs
     are resolved against the manifest's folder.
 
@@ -82,17 +97,17 @@ def load_job(path: str | os.PathLike[str]) -> Any:
 class Session:
     """Everything a recipe needs; build with :meth:`create`."""
 
-    job: Any
+    job: FineTuneJob
     cfg: TrainConfig
     run_uri: str
     output_uri: str
     metrics_port: int | None = None
     credentials: S3Credentials = field(default_factory=S3Credentials.from_env)
-    stop: Any = None
-    accelerator: Any = None
+    stop: StopFlag | None = None
+    accelerator: Accelerator | None = None
     run_store: ObjectStore = field(init=False)
     run_key: str = field(init=False)
-    reporter: Any = None
+    reporter: ProgressReporter | None = None
     estimate: EstimateDocument | None = None
     #: token ids added to the base model's tokenizer (the chat tokens), trained under LoRA
     added_tokens: list[int] = field(default_factory=list)
@@ -108,7 +123,7 @@ class Session:
         *,
         output_uri: str | None = None,
         metrics_port: int | None = None,
-        stop: Any = None,
+        stop: StopFlag | None = None,
     ) -> Session:
         job = load_job(spec_path)
         cfg = TrainConfig.from_spec(job.spec)
@@ -132,7 +147,7 @@ class Session:
         return str(self.job.metadata.uid or "local")
 
     @property
-    def spec(self) -> Any:
+    def spec(self) -> FineTuneJobSpec:
         return self.job.spec
 
     @property
@@ -153,7 +168,7 @@ class Session:
         self.accelerator = Engine.make_accelerator(self.cfg)
         seed_everything(self.cfg.seed)
 
-    def prepare_data(self, method: str) -> tuple[Any, Any]:
+    def prepare_data(self, method: str) -> tuple[PreparedData, PreTrainedTokenizerBase]:
         """Read, validate, split, tokenize and pack the data; train the tiny tokenizer
         when the model is ``builtin://tiny-llama``. Returns (PreparedData, tokenizer)."""
         from tidetune_trainer.data.chat import uses_builtin_template
@@ -182,7 +197,7 @@ class Session:
             )
         return prepared, tokenizer
 
-    def load_model(self, tokenizer: Any) -> Any:
+    def load_model(self, tokenizer: PreTrainedTokenizerBase) -> PreTrainedModel:
         """The base model (4-bit with ``loadIn4bit``), with the KV cache off for packing."""
         import torch
 
@@ -190,18 +205,16 @@ class Session:
         from tidetune_trainer.engine import quantization_config
         from tidetune_trainer.tiny import ModelLoadError, load_model
 
-        kwargs: dict[str, Any] = {}
-        if self.cfg.load_in_4bit:
-            kwargs["quantization_config"] = quantization_config()
-            kwargs["dtype"] = torch.bfloat16
+        four_bit = self.cfg.load_in_4bit
         try:
-            model = load_model(
+            model: PreTrainedModel = load_model(
                 self.spec.base_model.uri,
                 tokenizer=tokenizer,
                 seed=self.cfg.seed,
                 credentials=self.credentials,
                 max_position_embeddings=max(4096, self.cfg.max_seq_length),
-                **kwargs,
+                quantization_config=quantization_config() if four_bit else None,
+                dtype=torch.bfloat16 if four_bit else None,
             )
         except ModelLoadError as e:
             raise BadInputError(f"spec.baseModel.uri: {e}") from None
@@ -217,7 +230,9 @@ class Session:
             model.config.use_cache = False
         return model
 
-    def check_packing(self, model: Any, data: Any, tokenizer: Any) -> tuple[bool, bool]:
+    def check_packing(
+        self, model: PreTrainedModel, data: PreparedData, tokenizer: PreTrainedTokenizerBase
+    ) -> tuple[bool, bool]:
         """Whether this model may train on packed rows, checked on the model itself
         (:func:`~tidetune_trainer.data.collate.packing_probe`). Returns ``(packed,
         flatten)`` for the collator. A model whose packed samples see each other trains
@@ -259,7 +274,7 @@ class Session:
         self._write_data_report(data)
         return False, False
 
-    def _write_data_report(self, data: Any) -> None:
+    def _write_data_report(self, data: PreparedData) -> None:
         if self.is_main:
             self.run_store.write_text(
                 ObjectStore.join(self.run_key, "data-report.json"),
@@ -279,7 +294,7 @@ class Session:
         )
         return order.steps_per_epoch, total_steps(self.cfg, order.steps_per_epoch)
 
-    def write_estimate(self, tokens_per_epoch: int, model: Any, rows: int) -> None:
+    def write_estimate(self, tokens_per_epoch: int, model: PreTrainedModel, rows: int) -> None:
         """The counted tokens, parameters and devices: ``<run>/estimate.json`` (the
         operator prices them)."""
         from tidetune_trainer.estimating import count_document, write_estimate
@@ -295,7 +310,7 @@ class Session:
         if self.is_main:
             self.estimate = write_estimate(self.run_store, self.run_key, doc)
 
-    def create_engine(self, model: Any, rows: int) -> Any:
+    def create_engine(self, model: PreTrainedModel, rows: int) -> Engine:
         """Wrap the model for training (LoRA/full, optimizer, scheduler, DeepSpeed)."""
         from tidetune_trainer.engine import Engine
 
@@ -305,8 +320,13 @@ class Session:
         )
 
     def make_loop(
-        self, engine: Any, objective: Any, train_rows: Any, validation_rows: Any, tokenizer: Any
-    ) -> Any:
+        self,
+        engine: Engine,
+        objective: Objective,
+        train_rows: Sequence[object],
+        validation_rows: Sequence[object],
+        tokenizer: PreTrainedTokenizerBase,
+    ) -> TrainingLoop:
         """The training loop with its checkpoint manager and progress reporter."""
         from tidetune_trainer.checkpoint import CheckpointManager
         from tidetune_trainer.loop import StopFlag, TrainingLoop
@@ -316,7 +336,9 @@ class Session:
             self.run_store,
             self.run_key,
             rank=engine.rank,
-            local_rank=int(self.accelerator.local_process_index),
+            local_rank=(
+                0 if self.accelerator is None else int(self.accelerator.local_process_index)
+            ),
             barrier=engine.barrier,
         )
         per_epoch, total = self.steps(len(train_rows))
@@ -344,7 +366,9 @@ class Session:
 
     # ------------------------------------------------------------------ save step
 
-    def export(self, engine: Any, tokenizer: Any, loop: Any) -> list[dict[str, Any]]:
+    def export(
+        self, engine: Engine, tokenizer: PreTrainedTokenizerBase, loop: TrainingLoop
+    ) -> list[JSONObject]:
         """Export the final model (and merged model, and the latest checkpoints) to the
         output location and write the manifest last. Collective; returns the
         artifacts (status form)."""
@@ -359,7 +383,7 @@ class Session:
         tmp = Path(tempfile.mkdtemp(prefix="tidetune-final-"))
         is_lora = self.cfg.tuning == "lora"
         kind = "lora-adapter" if is_lora else "model"
-        statuses: list[dict[str, Any]] = []
+        statuses: list[JSONObject] = []
         try:
             engine.export_model(tmp / FINAL_ARTIFACT, tokenizer)
             if self.cfg.merge_lora and is_lora:
@@ -400,7 +424,7 @@ class Session:
             self.reporter.set_state("succeeded")
         return statuses
 
-    def publish(self, root_uri: str) -> dict[str, Any]:
+    def publish(self, root_uri: str) -> JSONObject:
         """``spec.output.publish``: register the exported model (rank 0, after the manifest).
 
         A registry that fails does not fail the job: the error is logged and kept in

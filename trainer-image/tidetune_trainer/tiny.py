@@ -334,10 +334,9 @@ def load_model(
     from transformers import AutoModelForCausalLM
 
     local = resolve_model_dir(uri, cache_dir=cache_dir, credentials=credentials)
+    given = {k: v for k, v in from_pretrained.items() if v is not None}  # None: the default
     try:
-        model = AutoModelForCausalLM.from_pretrained(
-            local, local_files_only=not _hub(uri), **from_pretrained
-        )
+        model = AutoModelForCausalLM.from_pretrained(local, local_files_only=not _hub(uri), **given)
     except (OSError, ValueError) as e:
         raise ModelLoadError(f"{uri}: cannot load the model: {e}") from None
     if tokenizer is not None:

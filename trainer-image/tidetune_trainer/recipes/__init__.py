@@ -8,32 +8,34 @@
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING
 
 from tidetune_trainer.errors import UnsupportedError
+from tidetune_trainer.recipes import cpt, dpo, grpo, ppo, sft
 
-#: method → module with ``run(session)``
-RECIPES: dict[str, str] = {
-    "sft": "tidetune_trainer.recipes.sft",
-    "cpt": "tidetune_trainer.recipes.cpt",
-    "dpo": "tidetune_trainer.recipes.dpo",
-    "grpo": "tidetune_trainer.recipes.grpo",
-    "ppo": "tidetune_trainer.recipes.ppo",
+if TYPE_CHECKING:
+    from tidetune_trainer.session import Session
+
+#: method → its recipe's ``run(session)``
+RECIPES: dict[str, Callable[[Session], None]] = {
+    "sft": sft.run,
+    "cpt": cpt.run,
+    "dpo": dpo.run,
+    "grpo": grpo.run,
+    "ppo": ppo.run,
 }
 
 
-def get_recipe(method: str) -> Callable[[Any], None]:
+def get_recipe(method: str) -> Callable[[Session], None]:
     """The ``run(session)`` of ``method``'s recipe.
 
     Raises :class:`UnsupportedError` for unknown methods.
     """
-    module = RECIPES.get(method)
-    if module is None:
+    run = RECIPES.get(method)
+    if run is None:
         raise UnsupportedError(
             f"spec.method: {method!r} is not yet supported by this trainer; supported: "
             f"{', '.join(RECIPES)}"
         )
-    run: Callable[[Any], None] = importlib.import_module(module).run
     return run

@@ -14,12 +14,15 @@ resume. Raises: the data side's errors for bad lines, ``BadInputError``,
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from tidetune_trainer.recipes.sft import CausalLMObjective
 
+if TYPE_CHECKING:
+    from tidetune_trainer.session import Session
 
-def run(session: Any) -> None:
+
+def run(session: Session) -> None:
     """Train and export a CPT job."""
     # ---- setup
     data, tokenizer = session.prepare_data("cpt")

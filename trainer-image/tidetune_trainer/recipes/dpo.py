@@ -28,13 +28,16 @@ from __future__ import annotations
 import contextlib
 import copy
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 
 from tidetune_trainer.data.collate import collate_preference, token_losses
 from tidetune_trainer.engine import Engine
+
+if TYPE_CHECKING:
+    from tidetune_trainer.session import Session
 
 
 def sequence_logps(logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -123,7 +126,7 @@ def is_partitioned(model: torch.nn.Module) -> bool:
     return any(hasattr(p, "ds_id") for p in model.parameters())
 
 
-def reference_model(session: Any, model: torch.nn.Module, tokenizer: Any) -> torch.nn.Module:
+def reference_model(session: Session, model: torch.nn.Module, tokenizer: Any) -> torch.nn.Module:
     """The full-tuning reference: a frozen copy of ``model``; under ZeRO-3, whose shards
     cannot be copied, the base model loaded again whole (not sharded) instead."""
     if not is_partitioned(model):
@@ -141,7 +144,7 @@ def reference_model(session: Any, model: torch.nn.Module, tokenizer: Any) -> tor
     return frozen_reference(ref)
 
 
-def run(session: Any) -> None:
+def run(session: Session) -> None:
     """Train and export a DPO job."""
     # ---- setup
     data, tokenizer = session.prepare_data("dpo")

@@ -30,12 +30,15 @@ that match nothing), ``Preempted`` (stopped by SIGTERM after a checkpoint).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from tidetune_trainer.data.collate import Collator, token_losses
 from tidetune_trainer.engine import Engine
+
+if TYPE_CHECKING:
+    from tidetune_trainer.session import Session
 
 
 class CausalLMObjective:
@@ -69,7 +72,7 @@ class CausalLMObjective:
         return (losses * w).sum(), {}
 
 
-def run(session: Any) -> None:
+def run(session: Session) -> None:
     """Train and export an SFT job (see the module docstring)."""
     # ---- setup
     data, tokenizer = session.prepare_data("sft")

@@ -23,14 +23,17 @@ returns garbage: the message names ``spec.rl.rewards[i]``), ``BadInputError``,
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 
 from tidetune.storage import ObjectStore
 
+if TYPE_CHECKING:
+    from tidetune_trainer.session import Session
 
-def run(session: Any) -> None:
+
+def run(session: Session) -> None:
     """Train and export a GRPO or PPO job."""
     from tidetune_trainer.data.prepare import DataSettings, load_data
     from tidetune_trainer.engine import Engine
