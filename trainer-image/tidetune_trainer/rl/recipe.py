@@ -102,6 +102,9 @@ def run(session: Session) -> None:
         engine = Engine.create(
             cfg, session.accelerator, model, total * settings.updates, extra_modules=extra
         )
+        # unwrap once now: the first unwrap imports DeepSpeed (seconds) and would
+        # otherwise land in the first training step
+        engine.unwrapped()
         if reference is not None:
             reference.to(engine.device)
         if value_head is not None:

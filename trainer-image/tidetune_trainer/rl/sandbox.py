@@ -10,11 +10,11 @@ What the user's code gets, and does not (the *limits* of the sandbox):
   (uid/gid 65534, no supplementary groups) before any user code is loaded; it cannot
   read files only the trainer's user may read, nor signal or trace the trainer;
 - **no credentials**: the host starts with an empty environment (``PATH``, ``HOME`` = a
-  fresh empty folder, ``LANG``) — no ``AWS_*``, no ``TIDETUNE_*``, no registry token; the
-  trainer makes itself non-dumpable (``PR_SET_DUMPABLE`` 0) so that its
-  ``/proc/<pid>/environ``, ``cmdline``-adjacent files and memory are owned by root and
-  unreadable even by a process of the same user; with a private mount namespace the
-  ServiceAccount and secret directories (``/var/run/secrets``, ``/run/secrets``) are
+  fresh empty folder, ``LANG``, one thread per math library) — no ``AWS_*``, no
+  ``TIDETUNE_*``, no registry token; the trainer makes itself non-dumpable
+  (``PR_SET_DUMPABLE`` 0) so that its ``/proc/<pid>/environ`` and memory are owned by
+  root and unreadable even by a process of the same user; with a private mount namespace
+  the ServiceAccount and secret directories (``/var/run/secrets``, ``/run/secrets``) are
   covered by empty tmpfs;
 - **no network** where the kernel permits a new network namespace (as root, or through
   an unprivileged user namespace): no interface is up in it, so no address —
@@ -155,6 +155,11 @@ class Sandbox:
             "HOME": self._home,
             "LANG": "C.UTF-8",
             "PYTHONDONTWRITEBYTECODE": "1",
+            # one thread per math library: a call's CPU limit is one core's worth, and
+            # per-thread buffers would eat into its address-space limit
+            "OMP_NUM_THREADS": "1",
+            "OPENBLAS_NUM_THREADS": "1",
+            "MKL_NUM_THREADS": "1",
         }
         self.proc = subprocess.Popen(
             [self.python, "-I", str(HOST_SCRIPT)],
