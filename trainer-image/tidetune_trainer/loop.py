@@ -341,6 +341,7 @@ class TrainingLoop:
             rollout = getattr(self.objective, "rollout", None)
             if rollout is not None:  # RL: sample and score with the current policy first
                 batches = rollout(engine, batches, st.step)
+                tokens += int(getattr(self.objective, "rollout_tokens", 0))
             local_units = sum(self.objective.units(b) for b in batches)
             (units,) = engine.all_reduce_sum([local_units])
             if units <= 0:

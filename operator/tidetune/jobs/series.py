@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 #: keys of a metrics line that are not metrics
 NOT_METRICS = frozenset({"step", "epoch", "time"})
 #: what ``--metric`` shows by default, in this order, when present
-DEFAULT_METRICS = ("loss", "evalLoss")
+DEFAULT_METRICS = ("loss", "evalLoss", "reward")
 MAX_SMOOTHING = 0.99
 
 

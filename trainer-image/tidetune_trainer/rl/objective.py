@@ -208,6 +208,7 @@ class RLObjective:
         self.reference = reference
         self.value_head = value_head
         self.updates_per_step = settings.updates
+        self.rollout_tokens = 0
         self._rows: list[RlPrompt] = []
         self._stats: dict[str, list[float]] = {}
         self.samples: list[dict[str, Any]] = []
@@ -227,6 +228,8 @@ class RLObjective:
         }
 
     def row_tokens(self, row: RlPrompt) -> int:
+        """Prompt tokens (each processed with every completion of its group); the
+        sampled completion tokens are added after the rollout (``rollout_tokens``)."""
         return len(row) * self.s.num_generations
 
     def units(self, batch: dict[str, torch.Tensor]) -> float:
@@ -279,6 +282,8 @@ class RLObjective:
         h: torch.Tensor | None = None
         device = engine.device
         reward_seconds = 0.0
+        #: completion tokens sampled in this step (the loop adds them to trained tokens)
+        self.rollout_tokens = 0
         try:
             for j, batch in enumerate(batches):
                 rows = [self._rows[int(i)] for i in batch["row_ids"]]
@@ -308,6 +313,7 @@ class RLObjective:
                 reward_seconds += time.monotonic() - tr
                 rewards = torch.tensor(totals, dtype=torch.float32, device=device)
                 lengths = c_mask.sum(-1)
+                self.rollout_tokens += int(lengths.sum())
                 if s.loss_type == "dapo" and s.method == "grpo":
                     buf = s.overlong_buffer or max(1, s.max_completion_length // 4)
                     rewards = rewards + A.overlong_penalty(lengths, s.max_completion_length, buf)
