@@ -241,3 +241,26 @@ def test_tidetune_run_takes_the_reward_configmap_from_the_file(
     assert (run_dir / "reward-sources" / "r" / "reward.py").read_text() == configmap["data"][
         "reward.py"
     ]
+
+
+def test_ppo_full_tuning_exports_the_model_without_its_value_head(
+    tmp_path: Path, arithmetic: Path
+) -> None:
+    job, env = rl_job(
+        tmp_path,
+        arithmetic,
+        method="ppo",
+        tuning={"type": "full", "lora": None},
+        rl={"epochsPerRollout": 2, "beta": 0.05},
+        hyperparameters={"maxSteps": 2},
+    )
+    proc = run_trainer(job, tmp_path / "run", env=env, output=f"file://{tmp_path / 'out'}")
+    assert proc.returncode == 0, explain(proc)
+    from safetensors import safe_open
+    from transformers import AutoModelForCausalLM
+
+    final = next((tmp_path / "out").rglob("final"))
+    with safe_open(str(final / "model.safetensors"), "pt") as f:
+        keys = list(f.keys())
+    assert keys and not any("v_head" in k for k in keys)
+    AutoModelForCausalLM.from_pretrained(final)  # loads as a plain causal LM
