@@ -304,6 +304,18 @@ BAD: list[tuple[str, str, dict[str, Any], str]] = [
     ("pool-gpus-0", POOL, {"spec.gpus": 0}, "spec.gpus"),
     ("pool-gpus-missing", POOL, {"spec.gpus": DELETE}, "spec.gpus"),
     ("pool-timezone", POOL, {"spec.timezone": "Mars/Olympus"}, "spec.timezone"),
+    (
+        "reward-regex-invalid",
+        GRPO,
+        {"spec.rl.rewards[0]": {"preset": "regex-match", "params": {"pattern": "(unclosed"}}},
+        "spec.rl.rewards[0].params.pattern",
+    ),
+    (
+        "reward-schema-not-json",
+        GRPO,
+        {"spec.rl.rewards[0]": {"preset": "json-valid", "params": {"schema": "{type: object}"}}},
+        "spec.rl.rewards[0].params.schema",
+    ),
     ("pool-windows-empty", POOL, {"spec.windows": []}, "spec.windows"),
     ("pool-start-25", POOL, {"spec.windows[0].start": "25:00"}, "spec.windows[0].start"),
     ("pool-start-24", POOL, {"spec.windows[0].start": "24:00"}, "spec.windows[0].start"),
@@ -322,7 +334,7 @@ BAD: list[tuple[str, str, dict[str, Any], str]] = [
 ]
 
 #: Cases only the pydantic model (``tidetune validate``, the operator) can judge.
-PYDANTIC_ONLY = {"pool-timezone"}
+PYDANTIC_ONLY = {"pool-timezone", "reward-regex-invalid", "reward-schema-not-json"}
 
 GOOD: list[tuple[str, str, dict[str, Any]]] = [
     ("example-sft-lora", JOB, {}),

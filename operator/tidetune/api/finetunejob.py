@@ -524,6 +524,22 @@ class RewardRule(ApiModel):
             fail("params", "preset length-target needs params.target")
         if self.function is not None and p is not None:
             fail("params", "params apply to presets only")
+        if p is not None and p.pattern is not None:
+            import re
+
+            try:
+                re.compile(p.pattern)
+            except re.error as e:
+                fail("params.pattern", f"not a valid Python regular expression: {e}")
+        if p is not None and p.json_schema is not None:
+            import json
+
+            try:
+                schema = json.loads(p.json_schema)
+            except json.JSONDecodeError as e:
+                fail("params.schema", f"not JSON: {e.msg} (column {e.colno})")
+            if not isinstance(schema, (dict, bool)):
+                fail("params.schema", "a JSON Schema is an object (or true/false)")
         return self
 
 
