@@ -53,3 +53,38 @@ def test_step_generators_are_independent_and_reproducible() -> None:
     c = torch.rand(4, generator=step_generator(3, 10, 1, 1, torch.device("cpu")))
     d = torch.rand(4, generator=step_generator(3, 11, 0, 1, torch.device("cpu")))
     assert torch.equal(a, b) and not torch.equal(a, c) and not torch.equal(a, d)
+
+
+def test_sampling_goes_on_while_any_rank_is_still_sampling() -> None:
+    """Under ZeRO-3 each forward is a collective: a rank whose rows have all stopped keeps
+    stepping (padding) until every rank is done, as ``any_rank`` reports."""
+    tok = train_tiny_tokenizer([f"w{i} w{i + 1}" for i in range(30)], seed=0)
+    model = build_tiny_llama(tok, seed=0).eval()
+    ids, mask = left_pad([[tok.bos_token_id, 7, 8]] * 2, tok.pad_token_id)
+    every_token = list(range(len(tok)))  # each row stops at its first token
+    kw = {
+        "max_new_tokens": 6,
+        "temperature": 1.0,
+        "stop_ids": every_token,
+        "pad_id": tok.pad_token_id,
+    }
+    alone, _ = generate(model, ids, mask, generator=torch.Generator().manual_seed(0), **kw)
+    assert alone.shape[1] == 1
+    asked: list[bool] = []
+
+    def others_still_going(mine: bool) -> bool:
+        asked.append(mine)
+        return len(asked) < 4  # another rank samples three tokens more
+
+    comp, cmask = generate(
+        model,
+        ids,
+        mask,
+        generator=torch.Generator().manual_seed(0),
+        any_rank=others_still_going,
+        **kw,
+    )
+    assert comp.shape[1] == 4 and asked == [False] * 4
+    assert cmask[:, 0].tolist() == [1, 1] and int(cmask[:, 1:].sum()) == 0
+    assert torch.equal(comp[:, 0], alone[:, 0])
+    assert (comp[:, 1:] == tok.pad_token_id).all()

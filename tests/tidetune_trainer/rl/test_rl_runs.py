@@ -264,3 +264,20 @@ def test_ppo_full_tuning_exports_the_model_without_its_value_head(
         keys = list(f.keys())
     assert keys and not any("v_head" in k for k in keys)
     AutoModelForCausalLM.from_pretrained(final)  # loads as a plain causal LM
+
+
+@pytest.mark.slow
+def test_grpo_zero3_two_processes(tmp_path: Path, arithmetic: Path) -> None:
+    """GRPO with DeepSpeed ZeRO-3 (sharded weights) on two CPU ranks. Ranks sample in
+    lock-step (``any_rank``; see test_generate.py for a rank whose rows stop first)."""
+    job, env = rl_job(
+        tmp_path,
+        arithmetic,
+        deepspeed={"zeroStage": 3},
+        hyperparameters={"maxSteps": 2},
+        rl={"maxCompletionLength": 12},
+    )
+    proc = run_trainer(job, tmp_path / "run", nproc=2, env=env, timeout=900)
+    assert proc.returncode == 0, explain(proc)
+    lines = [m for m in metrics(tmp_path / "run") if "loss" in m]
+    assert len(lines) == 2 and all("reward" in m for m in lines)

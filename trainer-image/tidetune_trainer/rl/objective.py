@@ -134,12 +134,14 @@ def generate(
     stop_ids: Sequence[int],
     pad_id: int,
     generator: torch.Generator,
+    any_rank: Callable[[bool], bool] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sample completions for left-padded prompts ``[N, P]`` with a KV cache: one
     forward over the prompts, then one token per step for all rows at once. Returns
     (completion ids ``[N, C]`` right-padded with ``pad_id``, mask ``[N, C]``: 1 up to and
     including each row's stop token). ``C`` ≤ ``max_new_tokens`` (it ends early when
-    every row has stopped)."""
+    every row has stopped — on every rank, with ``any_rank``: under ZeRO-3 each forward
+    is a collective, so no rank may stop before the others)."""
     n = prompt_ids.shape[0]
     device = prompt_ids.device
     stop = torch.tensor(list(stop_ids) or [-1], device=device)
@@ -158,7 +160,10 @@ def generate(
         tokens.append(nxt)
         masks.append(alive.clone())
         alive = alive & ~torch.isin(nxt, stop)
-        if not bool(alive.any()) or t == max_new_tokens - 1:
+        going = bool(alive.any())
+        if any_rank is not None:  # ZeRO-3: every rank runs the same number of forwards
+            going = any_rank(going)
+        if not going or t == max_new_tokens - 1:
             break
         attn = torch.cat([attn, torch.ones(n, 1, dtype=attn.dtype, device=device)], dim=1)
         out = model(
@@ -282,6 +287,8 @@ class RLObjective:
         h: torch.Tensor | None = None
         device = engine.device
         reward_seconds = 0.0
+        sharded = bool(getattr(engine, "deepspeed", False)) and engine.cfg.zero_stage == 3
+        sync = engine.any_rank if sharded and engine.world_size > 1 else None
         #: completion tokens sampled in this step (the loop adds them to trained tokens)
         self.rollout_tokens = 0
         try:
@@ -300,6 +307,7 @@ class RLObjective:
                         stop_ids=self.stop_ids,
                         pad_id=self.pad_id,
                         generator=gen,
+                        any_rank=sync,
                     )
                 texts = self.tokenizer.batch_decode(
                     [c[m.bool()].tolist() for c, m in zip(comp.cpu(), c_mask.cpu(), strict=True)],
