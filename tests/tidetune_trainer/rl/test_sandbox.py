@@ -282,6 +282,7 @@ data:
         return [1.0 if c.strip() == columns["answer"][i].strip() else 0.0
                 for i, c in enumerate(completions)]
     def level(prompts, completions, **columns):
+        print("levels seen:", sorted(set(columns["level"])))
         return [float(x) for x in columns["level"]]
 ---
 apiVersion: tidetune.io/v1alpha1
@@ -327,6 +328,7 @@ def test_rewards_test_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     text = capsys.readouterr().out
     assert "rule 1: spec.rl.rewards[1] (r/reward.py:score) × 1" in text
     assert "mean reward 3.1667 over 3 completion(s)" in text
+    assert "output of spec.rl.rewards[2] (r/reward.py:level):\nlevels seen: [1, 3]" in text
     # a broken function: the rule and the user's line, exit 1
     body = list(yaml.safe_load_all(GRPO_JOB))
     body[0]["data"]["reward.py"] = (

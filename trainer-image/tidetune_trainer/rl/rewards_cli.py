@@ -113,6 +113,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         rewards = build_reward_set(spec.rl, lambda n, k: configmaps_in_file(args.job).get((n, k)))
         per_rule, totals = rewards.score(prompts, completions, columns)
+        printed = []
+        for r in rewards.rules:
+            box = getattr(r.fn, "sandbox", None)
+            if box is not None:
+                printed.append((r.name, box.last_logs.get(getattr(r.fn, "index", -1), "")))
+        printed = [(n, t) for n, t in printed if t.strip()]
     except RewardError as e:
         print(str(e), file=err)
         return 1
@@ -137,6 +143,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         }
                         for i, (p, c) in enumerate(zip(prompts, completions, strict=True))
                     ],
+                    "output": dict(printed),
                 },
                 indent=1,
             )
@@ -153,6 +160,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{j:>3}  {cells}  {totals[j]:8.3f}  {short}")
     mean = sum(totals) / len(totals) if totals else float("nan")
     print(f"mean reward {mean:.4f} over {len(totals)} completion(s)")
+    for name, logs in printed:
+        print(f"output of {name}:\n{logs.rstrip()}")
     return 0
 
 

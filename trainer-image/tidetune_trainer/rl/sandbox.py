@@ -65,6 +65,8 @@ GRACE_SECONDS = 10.0
 START_SECONDS = 60.0
 #: extra processes a call may start (fork bombs stop here)
 CALL_NPROC = 32
+#: a function's printed output reaches the trainer log at most this often
+LOG_EVERY_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
@@ -125,6 +127,9 @@ class Sandbox:
     _home: str | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _buf: bytes = b""
+    #: the output of each function's latest call
+    last_logs: dict[int, str] = field(default_factory=dict)
+    _logged: dict[int, float] = field(default_factory=dict)
 
     @classmethod
     def start(
@@ -283,14 +288,28 @@ class Sandbox:
         return check_scores(f.name, reply.get("scores"), len(completions)), logs
 
     def rule(self, index: int) -> Any:
-        """A batch function ``(prompts, completions, columns) -> scores`` for a rule."""
+        """A batch function ``(prompts, completions, columns) -> scores`` for a rule.
+
+        What the function prints goes to the trainer's log (its rank log in the run
+        location), at most once a minute per rule, and is kept in :attr:`last_logs`."""
 
         def score(
             prompts: Sequence[str], completions: Sequence[str], columns: Mapping[str, Sequence[Any]]
         ) -> list[float]:
-            return self.call(index, prompts, completions, columns)[0]
+            scores, logs = self.call(index, prompts, completions, columns)
+            self.last_logs[index] = logs
+            now = time.monotonic()
+            if (
+                logs.strip()
+                and now - self._logged.get(index, -LOG_EVERY_SECONDS) >= LOG_EVERY_SECONDS
+            ):
+                self._logged[index] = now
+                log.info("%s printed:\n%s", self.functions[index].name, logs.rstrip()[-4000:])
+            return scores
 
         score.close = self.close  # type: ignore[attr-defined]
+        score.sandbox = self  # type: ignore[attr-defined]
+        score.index = index  # type: ignore[attr-defined]
         return score
 
     def close(self) -> None:
