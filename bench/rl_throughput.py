@@ -15,7 +15,7 @@ peak RSS (``wait4`` rusage), and the learning curve of one ``--steps`` run per s
 (mean exact-match reward per block of steps). Goal: ours ≥ 1.2× tokens/s and steps/s,
 ≤ 1.0× peak RSS; the reward rises clearly on both. Exit 0 when all hold.
 
-    nice -n 10 python bench/rl_throughput.py [--steps 150] [--rounds 3] [--tp-steps 40]
+    nice -n 10 python bench/rl_throughput.py [--steps 150] [--rounds 3] [--tp-steps 100] [--ppo]
 """
 
 from __future__ import annotations
@@ -158,11 +158,13 @@ class Result:
         return self.steps / self.seconds
 
 
-def grpo_job(args: argparse.Namespace, model_dir: Path, data: Path, steps: int) -> dict[str, Any]:
+def grpo_job(
+    args: argparse.Namespace, model_dir: Path, data: Path, steps: int, method: str = "grpo"
+) -> dict[str, Any]:
     return job(
-        "grpo",
+        method,
         {
-            "method": "grpo",
+            "method": method,
             "baseModel": {"uri": f"file://{model_dir}"},
             "data": {
                 "train": {
@@ -175,7 +177,8 @@ def grpo_job(args: argparse.Namespace, model_dir: Path, data: Path, steps: int) 
             "rl": {
                 "numGenerations": args.group,
                 "maxCompletionLength": args.max_new,
-                "beta": 0.0,
+                "beta": 0.0 if method == "grpo" else 0.02,
+                **({"epochsPerRollout": 2} if method == "ppo" else {}),
                 "temperature": 1.0,
                 "sampleEverySteps": 10**6,
                 "rewards": [{"preset": "exact-match", "params": {"extract": "none"}}],
@@ -201,10 +204,11 @@ def run_ours(
     data: Path,
     steps: int,
     tag: str,
+    method: str = "grpo",
 ) -> Result:
-    spec = tmp / f"grpo-{tag}.json"
-    spec.write_text(json.dumps(grpo_job(args, model_dir, data, steps)))
-    run = tmp / f"grpo-run-{tag}"
+    spec = tmp / f"{method}-{tag}.json"
+    spec.write_text(json.dumps(grpo_job(args, model_dir, data, steps, method)))
+    run = tmp / f"{method}-run-{tag}"
     rc, wall, rss = run_measured(trainer_cmd(spec, run), env)
     if rc != 0:
         raise SystemExit(f"our trainer failed (exit {rc})")
@@ -261,9 +265,12 @@ def main() -> int:
     ap.add_argument("--sft-steps", type=int, default=60, help="SFT warm-start steps")
     ap.add_argument("--samples", type=int, default=400)
     ap.add_argument(
-        "--rounds", type=int, default=2, help="throughput rounds (each side once, order alternates)"
+        "--rounds", type=int, default=3, help="throughput rounds (each side once, order alternates)"
     )
-    ap.add_argument("--tp-steps", type=int, default=40, help="steps of a throughput round")
+    ap.add_argument("--tp-steps", type=int, default=100, help="steps of a throughput round")
+    ap.add_argument(
+        "--ppo", action="store_true", help="also our PPO's learning curve (TRL has no PPO)"
+    )
     ap.add_argument("--keep", metavar="DIR", help="keep the runs here instead of a temp dir")
     args = ap.parse_args()
     env = dict(os.environ)
@@ -328,6 +335,11 @@ def main() -> int:
             side: sides[side](args, env, tmp, model_dir, data, args.steps, "curve")
             for side in ("tidetune", "trl")
         }
+        ppo = (
+            run_ours(args, env, tmp, model_dir, data, args.steps, "curve", "ppo")
+            if args.ppo
+            else None
+        )
     print(
         f"GRPO on the tiny Llama (full tuning, SFT warm start of {args.sft_steps} steps): "
         f"{args.prompts} prompts × {args.group} completions per step, ≤ {args.max_new} new "
@@ -357,6 +369,12 @@ def main() -> int:
         x = f"{a[i]:.3f}" if i < len(a) else ""
         y = f"{b[i]:.3f}" if i < len(b) else ""
         print(f"{f'{lo}-{hi}':>10} {x:>9} {y:>6}")
+    if ppo is not None:
+        c = blocks(ppo.rewards, 10)
+        print(
+            "PPO (ours; 2 epochs per rollout, beta 0.02), same task and start: "
+            + ", ".join(f"{x:.3f}" for x in c)
+        )
     for side, res in curve.items():
         print(
             f"{side}: {res.tokens_per_second:.1f} gen tok/s, {res.steps_per_second:.3f} steps/s "
