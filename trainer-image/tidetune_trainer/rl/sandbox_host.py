@@ -218,9 +218,9 @@ def user_traceback(exc: BaseException, filename: str) -> str:
     return head + "\n  at " + "\n  from ".join(reversed(where))
 
 
-def _limit(kind: int, value: int) -> None:
+def _limit(kind: int, value: int, hard: int | None = None) -> None:
     try:
-        resource.setrlimit(kind, (value, value))
+        resource.setrlimit(kind, (value, value if hard is None else hard))
     except (ValueError, OSError):
         _soft, hard = resource.getrlimit(kind)
         if hard != resource.RLIM_INFINITY and value > hard:
@@ -235,7 +235,8 @@ def _child(
     os.dup2(log_fd, 2)
     _limit(resource.RLIMIT_CORE, 0)
     _limit(resource.RLIMIT_AS, int(limits["memory_mb"]) * 1024 * 1024)
-    _limit(resource.RLIMIT_CPU, max(1, math.ceil(float(limits["timeout"]))))
+    cpu = max(1, math.ceil(float(limits["timeout"])))
+    _limit(resource.RLIMIT_CPU, cpu, cpu + 2)  # SIGXCPU first; SIGKILL if it is caught
     _limit(resource.RLIMIT_NPROC, int(limits["nproc"]))
     _limit(resource.RLIMIT_FSIZE, 64 * 1024 * 1024)
     try:
@@ -379,7 +380,7 @@ def run_call(
             )
             why = {
                 "SIGXCPU": f"used more than {limits['timeout']:g} s of CPU",
-                "SIGKILL": "was killed (memory or process limit?)",
+                "SIGKILL": "was killed (it went on past its CPU limit, or out of memory)",
                 "SIGSEGV": "crashed (segmentation fault; out of memory?)",
             }.get(name, f"was killed by {name}")
             return {**base, "error": f"the function {why}"}
