@@ -77,6 +77,14 @@ def run(session: Session) -> None:
                     "promptTokens": sum(len(p) for p in prompts),
                     "maxPromptLength": max_prompt,
                     "columns": sorted({k for p in prompts for k in p.columns}),
+                    "notes": (
+                        [
+                            f"{len(loaded.validation)} validation record(s) are not used: "
+                            "GRPO/PPO report the reward of their own samples instead"
+                        ]
+                        if loaded.validation
+                        else []
+                    ),
                 },
                 indent=1,
             ),
