@@ -19,7 +19,6 @@ Use it from pytest (the ``lab`` fixture in ``tests/conftest.py``) or by hand wit
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import logging
 import os
@@ -30,8 +29,9 @@ import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from typing import IO, Any, Protocol
+from typing import Any, Protocol
 
+from tests.lab.processes import SupervisedProcess
 from tests.support.k8s import EmulatorServer, KubernetesEmulator, load_crd_documents
 from tests.support.s3 import S3Endpoint, start_s3
 
@@ -56,39 +56,6 @@ class LabComponent(Protocol):
     def start(self, lab: Lab) -> None: ...
 
     def stop(self) -> None: ...
-
-
-@dataclasses.dataclass
-class SupervisedProcess:
-    """A child process the lab keeps running (see the module doc for the restart policy)."""
-
-    name: str
-    argv: list[str]
-    env: dict[str, str]
-    restart: bool = True
-    cwd: pathlib.Path = REPO_ROOT
-    log_path: pathlib.Path | None = None
-    popen: subprocess.Popen[bytes] | None = None
-    restarts: int = 0
-    started_at: float = 0.0
-    next_start: float = 0.0
-    failures_in_a_row: int = 0
-    exit_codes: list[int] = dataclasses.field(default_factory=list)
-    _log: IO[bytes] | None = None
-
-    @property
-    def pid(self) -> int | None:
-        """The pid of the current run, or ``None`` when not running."""
-        return self.popen.pid if self.popen is not None and self.popen.poll() is None else None
-
-    @property
-    def alive(self) -> bool:
-        return self.pid is not None
-
-    def signal(self, signum: int) -> None:
-        """Send ``signum`` to the current run (e.g. SIGKILL to test the restart)."""
-        if self.popen is not None and self.popen.poll() is None:
-            self.popen.send_signal(signum)
 
 
 class Lab:
