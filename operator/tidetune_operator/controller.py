@@ -58,13 +58,15 @@ from tidetune_operator.reconcile import (
 from tidetune_operator.recorder import MetricsRecorder
 from tidetune_operator.references import check_references, storage_credentials, strip
 from tidetune_operator.status import parse_time
-from tidetune_operator.workqueue import QueueKey, WorkQueue
+from tidetune_operator.workqueue import QueueKey, WorkQueue, retry_delay
 
 log = logging.getLogger("tidetune.operator")
 
 JobKey = tuple[str, str]
 
 ACTIVE_PHASES = {Phase.RUNNING, Phase.EXPORTING}
+#: first re-check of a job waiting for a reference; doubles up to ``resyncIntervalSeconds``
+WAIT_FIRST_DELAY = 2.0
 #: HTTP codes with which the API server refuses a create (a webhook or schema says invalid;
 #: RBAC, a quota or an admission plugin says no; the kind is not installed)
 REFUSALS = (400, 403, 404, 422)
@@ -107,6 +109,8 @@ class Controller:
         self.queue = WorkQueue(self._handle, config.workers)
         self.recorder = MetricsRecorder(self.clock, lambda: list(self.jobs.items()))
         self._observed: dict[JobKey, _Observed] = {}
+        #: jobs waiting for an object they name: consecutive looks that did not find it
+        self._waiting: dict[JobKey, int] = {}
         self._pool_locks: dict[str, asyncio.Lock] = {}
         self._events: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=EVENT_QUEUE_SIZE)
         self._posters: list[asyncio.Task[None]] = []
@@ -144,6 +148,7 @@ class Controller:
         if event_type == "DELETED":
             self.jobs.pop(key, None)
             self._observed.pop(key, None)
+            self._waiting.pop(key, None)
             self.recorder.forget_job(key)
         else:
             old = self.jobs.get(key)
@@ -281,6 +286,7 @@ class Controller:
     async def reconcile_job(self, key: JobKey) -> float | None:
         body = self.jobs.get(key)
         if body is None:
+            self._waiting.pop(key, None)
             return None
         pool_name = ((body.get("spec") or {}).get("scheduling") or {}).get("pool")
         if pool_name:
@@ -299,6 +305,7 @@ class Controller:
         status = body.get("status") or {}
         phase = Phase(status.get("phase", Phase.PENDING))
         if phase.terminal:
+            self._waiting.pop(key, None)
             self.recorder.record_metrics(job, status)
             return None
         now = self.clock.now()
@@ -359,7 +366,17 @@ class Controller:
         await self._post_events(job.metadata, decision)
         self.recorder.record_transition(job, status, new_status)
         self.recorder.record_metrics(job, new_status)
+        if decision.waiting:
+            return self._wait_delay(key)
+        self._waiting.pop(key, None)
         return self._next_delay(Phase(new_status.get("phase", Phase.PENDING)), job)
+
+    def _wait_delay(self, key: JobKey) -> float:
+        """When to look again for what a waiting job names: 2 s, 4 s, … up to the resync
+        interval (GitOps usually applies it within seconds; a typo should not cost a read a
+        second). Secrets and ConfigMaps are not watched; a new IdlePool wakes its jobs."""
+        looks = self._waiting[key] = self._waiting.get(key, 0) + 1
+        return retry_delay(looks, WAIT_FIRST_DELAY, self.config.resync_interval_seconds)
 
     def _next_delay(self, phase: Phase, job: FineTuneJob) -> float | None:
         if phase.terminal:
@@ -497,6 +514,7 @@ class Controller:
         decision = decide_invalid(
             status, meta.get("generation"), self.clock.now(), f"{path}: {what}"
         )
+        self._waiting.pop(key, None)
         if decision.status == status:
             return
         await self._write_status(key, body, decision.status)

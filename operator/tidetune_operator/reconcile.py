@@ -17,6 +17,9 @@ Phases::
        └────────▶┴──▶ Failed     Running ─▶ Exporting ─▶ Succeeded
 
     any phase that is not terminal ─▶ Cancelled   (spec.cancelled: true)
+
+A job stays ``Pending`` while an object it names is not there yet (``WAIT_FOR_REFERENCE``);
+a reference that is wrong in a way time does not fix fails it.
 """
 
 from __future__ import annotations
@@ -79,6 +82,21 @@ class LaunchRefusal:
         return self.code in (400, 422)
 
 
+#: Reference problems that heal by themselves: the object is not there *yet*. GitOps
+#: applies a job together with the Secret, ConfigMap or IdlePool it names, and the job may
+#: be reconciled before they exist; such a job waits in ``Pending`` (``Validated=False``
+#: with this reason, a message starting ``waiting:``) and is checked again with backoff.
+#: Every other reference problem (a pool too small or invalid, no output location) fails it.
+WAIT_FOR_REFERENCE: frozenset[Reason] = frozenset(
+    {
+        Reason.SECRET_NOT_FOUND,
+        Reason.SECRET_KEY_MISSING,
+        Reason.CONFIG_MAP_NOT_FOUND,
+        Reason.POOL_NOT_FOUND,
+    }
+)
+
+
 @dataclass(frozen=True)
 class World:
     job: FineTuneJob
@@ -117,6 +135,8 @@ class Decision:
     events: list[dict[str, Any]] = field(default_factory=list)
     #: the handler should read the artifact manifest and decide again
     needs_artifacts: bool = False
+    #: the job waits for an object it refers to (:data:`WAIT_FOR_REFERENCE`): look again soon
+    waiting: bool = False
 
 
 # --------------------------------------------------------------------------- estimate
@@ -378,9 +398,13 @@ def decide(world: World, config: OperatorConfig, launcher: Launcher) -> Decision
         _cancel(b)
         return _normalized(b.decision)
     if world.ref_problems and world.launcher is None and not b.status.get("attempt"):
-        reason, message = world.ref_problems[0]
-        b.condition(C.VALIDATED, False, reason, message)
-        b.fail(reason, message)
+        permanent = [p for p in world.ref_problems if p[0] not in WAIT_FOR_REFERENCE]
+        if permanent:
+            reason, message = permanent[0]
+            b.condition(C.VALIDATED, False, reason, message)
+            b.fail(reason, message)
+        else:
+            _wait_for_reference(b, *world.ref_problems[0])
         return _normalized(b.decision)
     if not condition_true(b.status, C.VALIDATED):
         b.condition(
@@ -438,6 +462,20 @@ def decide_invalid(
         return _normalized(w.decision)
     except ValueError:  # a status the model cannot read either: write it as built
         return w.decision
+
+
+def _wait_for_reference(b: _Builder, reason: Reason, message: str) -> None:
+    """An object the job names is not there yet (GitOps applied both at once): stay
+    ``Pending`` with ``Validated=False`` saying what is missing. The timeline (and an Event)
+    records each new thing waited for once, not every look."""
+    text = f"waiting: {message}"
+    previous = get_condition(b.status, C.VALIDATED) or {}
+    b.condition(C.VALIDATED, False, reason, text)
+    b.set_phase(Phase.PENDING, text)
+    b.status["observedGeneration"] = b.job.metadata.generation
+    if previous.get("status") != "False" or previous.get("message") != text:
+        b.timeline("Waiting", reason, text, warning=True)
+    b.decision.waiting = True
 
 
 def _launch_refused(b: _Builder, refusal: LaunchRefusal) -> None:

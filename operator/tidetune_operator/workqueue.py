@@ -4,6 +4,9 @@ As client-go's workqueue does: a key waits in the queue at most once; a key is n
 handled by two workers at once (one that changes while handled is handled again right
 after); a handler's answer re-queues the key after that many seconds (level-based
 resync); a failing handler is retried with exponential backoff (:func:`retry_delay`).
+A key asked for again later while already timed keeps the earlier time (client-go's
+``AddAfter``): a pool's wake-up at a window's drain must not be pushed back by the job's
+own, later, resync.
 Keys may be queued before :meth:`WorkQueue.start` (events that arrive before login).
 """
 
@@ -29,7 +32,8 @@ Handler = Callable[[QueueKey], Awaitable[float | None]]
 
 def retry_delay(failures: int, base: float = 1.0, cap: float = 60.0) -> float:
     """Seconds before retrying a reconcile that failed ``failures`` times in a row:
-    1, 2, 4, … up to a minute (the API or storage may be briefly down)."""
+    1, 2, 4, … up to a minute (the API or storage may be briefly down); with another
+    ``base`` and ``cap``, any doubling backoff."""
     return min(cap, base * 2.0 ** max(0, failures - 1))
 
 
@@ -67,11 +71,14 @@ class WorkQueue:
 
     def enqueue(self, key: QueueKey, delay: float = 0.0) -> None:
         if delay > 0:
+            loop = asyncio.get_event_loop()
+            when = loop.time() + delay
             handle = self._timers.get(key)
             if handle is not None:
+                if not handle.cancelled() and handle.when() <= when:
+                    return  # an earlier look is planned already
                 handle.cancel()
-            loop = asyncio.get_event_loop()
-            self._timers[key] = loop.call_later(delay, self.enqueue, key)
+            self._timers[key] = loop.call_at(when, self.enqueue, key)
             return
         self._timers.pop(key, None)
         if key in self._active:

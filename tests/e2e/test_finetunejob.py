@@ -10,6 +10,7 @@ import json
 import os
 import signal
 import time
+from typing import Any
 
 import pytest
 
@@ -170,19 +171,37 @@ def _running(stack: Stack) -> set[tuple[str, str]]:
 def test_secret_must_exist_in_the_jobs_own_namespace(
     stack: Stack, train_uri: str, where: str
 ) -> None:
+    """A job whose Secret is not (yet) in its own namespace waits in Pending, launches
+    nothing, and runs once the Secret is created there (GitOps may apply both at once)."""
     ns = f"e2e-secret-{where}"
     stack.namespace(ns, secret=False)
     if where == "other-namespace":
         stack.namespace("e2e-secret-holder")  # has s3-creds; the job's namespace does not
+
+    def waiting() -> dict[str, Any] | None:
+        st = stack.status(ns, "no-creds")
+        return st if st.get("phase") == "Pending" and st.get("conditions") else None
+
     stack.apply(tiny_job("no-creds", ns, train_uri))
-    st = stack.wait_phase(ns, "no-creds", "Failed", timeout=60)
-    failed = next(c for c in st["conditions"] if c["type"] == "Failed")
-    assert failed["reason"] == "SecretNotFound"
-    assert f"Secret s3-creds not found in namespace {ns}" in failed["message"]
+    st = wait_for(waiting, 60, f"{ns}/no-creds to wait", lambda: stack.status(ns, "no-creds"))
     validated = next(c for c in st["conditions"] if c["type"] == "Validated")
-    assert validated["status"] == "False"
-    time.sleep(1)
+    assert (validated["status"], validated["reason"]) == ("False", "SecretNotFound")
+    assert validated["message"].startswith(
+        f"waiting: spec.storageSecretRef: Secret s3-creds not found in namespace {ns}"
+    )
+    assert st["message"] == validated["message"]
+    assert not any(c["type"] == "Failed" for c in st["conditions"])
+    time.sleep(3)  # a few more looks: still waiting, still one timeline entry
+    st = stack.status(ns, "no-creds")
+    assert st["phase"] == "Pending"
+    assert [t["type"] for t in st["timeline"]] == ["Waiting"]
     assert stack.pytorchjobs(ns, "no-creds") == []
+    stack.namespace(ns)  # creates s3-creds there
+    st = stack.wait_phase(ns, "no-creds", "Running", "Exporting", "Succeeded", timeout=60)
+    validated = next(c for c in st["conditions"] if c["type"] == "Validated")
+    assert (validated["status"], validated["reason"]) == ("True", "SpecValid")
+    assert [t["type"] for t in st["timeline"]].count("Waiting") == 1
+    assert len(stack.pytorchjobs(ns, "no-creds")) == 1
 
 
 def test_bad_data_fails_with_the_line_numbered_message(stack: Stack) -> None:

@@ -4,8 +4,9 @@ One lab (API emulator, S3, the Kubeflow stand-in, the operator as ``kopf run``) 
 Debian ``prometheus`` on a free loopback port, scraping the operator every second and
 loading ``alerts.yaml``. In namespace ``obs``: an IdlePool open all week and one whose only
 window is hours away; a tiny job in the open pool trains to Succeeded, one waits for the
-closed pool, one fails (its Secret does not exist). Then every dashboard query, with the
-template variables filled in, must return data through Prometheus' HTTP API.
+closed pool, one fails (it needs more GPUs than its pool has; a missing Secret would only
+make it wait). Then every dashboard query, with the template variables filled in, must
+return data through Prometheus' HTTP API.
 """
 
 from __future__ import annotations
@@ -210,7 +211,10 @@ def _run_the_scenario(obs: Observed) -> None:
     assert st["phase"] == "Succeeded", st.get("message")
     assert stack.status(NS, WAITING_JOB)["phase"] == "Queued"
     # a failure after the namespace's counters exist, so increase() sees it
-    stack.apply(tiny_job(FAILED_JOB, NS, train_uri, storageSecretRef={"name": "no-such-secret"}))
+    too_big = {"nodes": 2, "gpusPerNode": 8}  # the pools have 8 GPUs
+    stack.apply(
+        tiny_job(FAILED_JOB, NS, train_uri, resources=too_big, scheduling={"pool": CLOSED_POOL})
+    )
     stack.wait_phase(NS, FAILED_JOB, "Failed", timeout=60)
     # Prometheus has the final state, and a few samples of it (wait_for wants None/False,
     # not an empty list, for "not yet")

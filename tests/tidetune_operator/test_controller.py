@@ -1,5 +1,6 @@
 """The controller carries a decision out against an API server: what it does when the
-server refuses the launch, and with a stored job the model rejects.
+server refuses the launch, with a stored job the model rejects, and while a job waits for
+a Secret, ConfigMap or IdlePool it names.
 
 A loopback aiohttp server answers the handful of calls one reconcile makes (read the
 Secret, create the ConfigMap and the PyTorchJob, merge-patch the status) and can refuse
@@ -19,7 +20,7 @@ import pytest
 import pytest_asyncio
 from aiohttp import web
 
-from tests.tidetune_operator.conftest import make_job
+from tests.tidetune_operator.conftest import make_job, make_pool
 from tidetune.api.constants import TIMELINE_KEEP_FIRST, TIMELINE_KEEP_LAST
 from tidetune_operator.config import OperatorConfig
 from tidetune_operator.controller import Controller
@@ -32,14 +33,20 @@ class ApiServer:
         self.calls: list[tuple[str, str]] = []
         self.refuse_launch: dict[str, Any] | None = None
         self.status_patches: list[dict[str, Any]] = []
+        #: Secrets (decoded data) and ConfigMaps (data) the server has, by name
+        self.secrets: dict[str, dict[str, str]] = {"s3-creds": dict(_CREDS)}
+        self.configmaps: dict[str, dict[str, str]] = {}
 
     async def handle(self, request: web.Request) -> web.Response:
         path, method = request.path, request.method
         self.calls.append((method, path))
         body = await request.json() if request.can_read_body else None
-        if method == "GET" and path.endswith("/secrets/s3-creds"):
-            data = {k: base64.b64encode(v.encode()).decode() for k, v in _CREDS.items()}
+        name = path.rsplit("/", 1)[-1]
+        if method == "GET" and "/secrets/" in path and name in self.secrets:
+            data = {k: base64.b64encode(v.encode()).decode() for k, v in self.secrets[name].items()}
             return web.json_response({"kind": "Secret", "data": data})
+        if method == "GET" and "/configmaps/" in path and name in self.configmaps:
+            return web.json_response({"kind": "ConfigMap", "data": self.configmaps[name]})
         if method == "POST" and path.endswith("/pytorchjobs") and self.refuse_launch:
             return web.json_response(self.refuse_launch, status=self.refuse_launch["code"])
         if method == "POST":
@@ -162,3 +169,134 @@ async def test_a_stored_job_the_model_rejects_fails_through_the_state_machine(
     )
     await c.reconcile_job(("team-a", body["metadata"]["name"]))
     assert len(server.status_patches) == 1
+
+
+def _conditions(status: dict[str, Any]) -> dict[str, tuple[str, str, str]]:
+    return {x["type"]: (x["status"], x["reason"], x["message"]) for x in status["conditions"]}
+
+
+def _add_missing(what: str, server: ApiServer, c: Controller) -> None:
+    """Create what the job waits for (GitOps' later apply)."""
+    if what in ("SecretNotFound", "SecretKeyMissing"):
+        server.secrets["s3-creds"] = dict(_CREDS)
+    elif what == "ConfigMapNotFound":
+        server.configmaps["math-rewards"] = {"reward.py": "def score(**kw): return [0.0]"}
+    else:
+        pool = make_pool(edits={"spec.windows": [{"days": ["Mon", "Tue", "Wed", "Thu", "Fri",
+                                                           "Sat", "Sun"],
+                                                  "start": "00:00", "end": "24:00"}],
+                                "spec.timezone": "UTC"})  # fmt: skip
+        body = pool.model_dump(mode="json", by_alias=True, exclude_none=True)
+        body["metadata"]["resourceVersion"] = "3"
+        c.observe_pool("ADDED", body)
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    ("missing", "field", "named"),
+    [
+        ("SecretNotFound", "spec.storageSecretRef", "Secret s3-creds not found"),
+        ("SecretKeyMissing", "spec.storageSecretRef", "Secret s3-creds has no secretKey"),
+        (
+            "ConfigMapNotFound",
+            "spec.rl.rewards[1].function.configMapRef",
+            "ConfigMap math-rewards not found",
+        ),
+        ("PoolNotFound", "spec.scheduling.pool", "IdlePool night-a100 does not exist"),
+    ],
+)
+async def test_a_job_applied_before_what_it_names_waits_then_proceeds(
+    api: tuple[ApiServer, Kube], config: OperatorConfig, missing: str, field: str, named: str
+) -> None:
+    """One `kubectl apply` of a job and its Secret / ConfigMap / IdlePool: the job may be
+    seen first. It waits in Pending (one status write, one Event however often it is looked
+    at, looks backing off 2 s → resync) and proceeds once the object is there."""
+    server, kube = api
+    if missing == "ConfigMapNotFound":
+        grpo = make_job("grpo.yaml", edits={"metadata.name": "waits",
+                                             "spec.scheduling.pool": None})  # fmt: skip
+        body = grpo.model_dump(mode="json", by_alias=True, exclude_none=True)
+        body["metadata"]["resourceVersion"] = "1"
+        body.pop("status", None)
+    elif missing == "PoolNotFound":
+        body = job_body(**{"metadata.name": "waits", "spec.scheduling.pool": "night-a100",
+                           "spec.resources": {"nodes": 1, "gpusPerNode": 8}})  # fmt: skip
+    else:
+        body = job_body(**{"metadata.name": "waits"})
+    if missing == "SecretNotFound":
+        server.secrets.clear()
+    elif missing == "SecretKeyMissing":
+        server.secrets["s3-creds"] = {"accessKey": "AK"}
+    _JOB.clear()
+    _JOB.update(body)
+    c = controller(config, kube)
+    c.observe_job("ADDED", body)
+    key = ("team-a", "waits")
+    delays = [await c.reconcile_job(key) for _ in range(4)]
+    assert delays == [2.0, 4.0, 8.0, 16.0]
+    (status,) = server.status_patches  # written once: the later looks change nothing
+    assert status["phase"] == "Pending"
+    assert status["message"] == _conditions(status)["Validated"][2]
+    state, reason, message = _conditions(status)["Validated"]
+    assert (state, reason) == ("False", missing)
+    assert message.startswith(f"waiting: {field}: {named}"), message
+    assert "Failed" not in _conditions(status)
+    assert [(t["type"], t["reason"]) for t in status["timeline"]] == [("Waiting", missing)]
+    events = [c._events.get_nowait() for _ in range(c._events.qsize())]
+    assert [(e["reason"], e["type"]) for e in events] == [(missing, "Warning")]
+    assert not any(m == "POST" and p.endswith("/pytorchjobs") for m, p in server.calls)
+    assert c._waiting == {key: 4}
+
+    _add_missing(missing, server, c)
+    delay = await c.reconcile_job(key)
+    status = server.status_patches[-1]
+    assert _conditions(status)["Validated"][:2] == ("True", "SpecValid")
+    assert status["phase"] in ("Running", "Queued"), status["phase"]
+    assert status["attempt"] == 1
+    assert any(m == "POST" and p.endswith("/pytorchjobs") for m, p in server.calls)
+    assert "Waiting" in [t["type"] for t in status["timeline"]]
+    assert key not in c._waiting
+    assert delay in (config.observe_interval_seconds, config.resync_interval_seconds)
+
+
+@pytest.mark.asyncio
+async def test_looks_at_a_waiting_job_back_off_to_the_resync_interval_and_stop_with_it(
+    api: tuple[ApiServer, Kube], config: OperatorConfig
+) -> None:
+    server, kube = api
+    server.secrets.clear()
+    body = job_body(**{"metadata.name": "typo"})
+    _JOB.clear()
+    _JOB.update(body)
+    config = config.model_copy(update={"resync_interval_seconds": 20.0})
+    c = controller(config, kube)
+    c.observe_job("ADDED", body)
+    key = ("team-a", "typo")
+    delays = [await c.reconcile_job(key) for _ in range(6)]
+    assert delays == [2.0, 4.0, 8.0, 16.0, 20.0, 20.0]
+    assert len(server.status_patches) == 1
+    # deleted while waiting: its backoff goes with it, and a job of the same name starts over
+    c.observe_job("DELETED", body)
+    assert key not in c._waiting
+    assert await c.reconcile_job(key) is None
+    c.observe_job("ADDED", body)
+    assert await c.reconcile_job(key) == 2.0
+
+
+@pytest.mark.asyncio
+async def test_a_pool_too_small_still_fails_at_once(
+    api: tuple[ApiServer, Kube], config: OperatorConfig
+) -> None:
+    server, kube = api
+    body = job_body(**{"metadata.name": "too-big", "spec.scheduling.pool": "night-a100",
+                       "spec.resources": {"nodes": 16, "gpusPerNode": 8}})  # fmt: skip
+    _JOB.clear()
+    _JOB.update(body)
+    c = controller(config, kube)
+    _add_missing("PoolNotFound", server, c)  # the pool has 64 GPUs; the job wants 128
+    c.observe_job("ADDED", body)
+    assert await c.reconcile_job(("team-a", "too-big")) is None
+    status = server.status_patches[-1]
+    assert status["phase"] == "Failed"
+    assert _conditions(status)["Failed"][:2] == ("True", "PoolTooSmall")
+    assert not c._waiting

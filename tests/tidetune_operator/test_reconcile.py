@@ -16,6 +16,7 @@ from tidetune_operator.admission import Admission
 from tidetune_operator.config import OperatorConfig
 from tidetune_operator.launchers import PyTorchJobLauncher
 from tidetune_operator.reconcile import (
+    WAIT_FOR_REFERENCE,
     ActionKind,
     ArtifactCheck,
     Decision,
@@ -84,19 +85,113 @@ def test_new_job_is_validated_estimated_and_launched(config: OperatorConfig) -> 
 
 def test_bad_reference_fails_without_launching(config: OperatorConfig) -> None:
     problem = (
-        Reason.SECRET_NOT_FOUND,
-        "spec.storageSecretRef: Secret s3-creds not found in namespace team-a",
+        Reason.POOL_TOO_SMALL,
+        "spec.resources: the job needs 8 GPUs (1 × 8) but pool night-a100 has 4",
     )
     job, d = step(make_job(), config, ref_problems=[problem])
-    assert d.actions == []
+    assert d.actions == [] and not d.waiting
     st = job.status
     assert st is not None and st.phase is Phase.FAILED
     failed = next(c for c in st.conditions if c.type == "Failed")
-    assert failed.reason == "SecretNotFound" and "s3-creds" in failed.message
+    assert failed.reason == "PoolTooSmall" and "night-a100 has 4" in failed.message
+    validated = next(c for c in st.conditions if c.type == "Validated")
+    assert (validated.status, validated.reason) == ("False", "PoolTooSmall")
     assert d.events[-1]["warning"] is True
     # terminal: nothing more happens
     again, d2 = step(job, config)
     assert d2.actions == [] and d2.events == [] and again.status == job.status
+
+
+def test_a_wrong_reference_fails_even_while_another_is_still_missing(
+    config: OperatorConfig,
+) -> None:
+    """Waiting only helps when time can fix everything: a pool too small fails the job at
+    once even though its Secret is also not there yet."""
+    missing = (Reason.SECRET_NOT_FOUND, "spec.storageSecretRef: Secret s3-creds not found")
+    wrong = (Reason.POOL_INVALID, "spec.scheduling.pool: IdlePool night-a100 is invalid: x")
+    job, d = step(make_job(), config, ref_problems=[missing, wrong])
+    assert job.status is not None and job.status.phase is Phase.FAILED
+    assert not d.waiting
+    failed = next(c for c in job.status.conditions if c.type == "Failed")
+    assert failed.reason == "PoolInvalid"
+
+
+def test_wait_for_reference_is_exactly_the_not_there_yet_reasons() -> None:
+    assert {
+        Reason.SECRET_NOT_FOUND,
+        Reason.SECRET_KEY_MISSING,
+        Reason.CONFIG_MAP_NOT_FOUND,
+        Reason.POOL_NOT_FOUND,
+    } == WAIT_FOR_REFERENCE
+
+
+@pytest.mark.parametrize(
+    ("reason", "message"),
+    [
+        (
+            Reason.SECRET_NOT_FOUND,
+            "spec.storageSecretRef: Secret s3-creds not found in namespace team-a",
+        ),
+        (Reason.SECRET_KEY_MISSING, "spec.storageSecretRef: Secret s3-creds has no secretKey"),
+        (
+            Reason.CONFIG_MAP_NOT_FOUND,
+            "spec.rl.rewards[1].function.configMapRef: ConfigMap math-rewards not found",
+        ),
+        (Reason.POOL_NOT_FOUND, "spec.scheduling.pool: IdlePool night-a100 does not exist"),
+    ],
+)
+def test_a_missing_reference_waits_in_pending_then_the_job_proceeds(
+    config: OperatorConfig, reason: Reason, message: str
+) -> None:
+    """GitOps applies the job with what it names; until that is there the job waits,
+    with one timeline entry (and Event) per thing waited for, not one per look."""
+    job, d = step(make_job(), config, ref_problems=[(reason, message)])
+    assert d.actions == [] and d.waiting
+    st = job.status
+    assert st is not None and st.phase is Phase.PENDING
+    assert st.message == f"waiting: {message}"
+    validated = next(c for c in st.conditions if c.type == "Validated")
+    assert (validated.status, validated.reason) == ("False", str(reason))
+    assert validated.message == f"waiting: {message}"
+    assert not any(c.type == "Failed" for c in st.conditions)
+    assert [(e["type"], e["reason"]) for e in d.events] == [("Waiting", str(reason))]
+    assert [t.type for t in st.timeline] == ["Waiting"]
+    # looking again and still not finding it: the same status, no new entry or Event
+    for minutes in (1, 2, 3):
+        again, d2 = step(
+            job, config, ref_problems=[(reason, message)], now=T0 + timedelta(minutes=minutes)
+        )
+        assert d2.waiting and d2.events == [] and d2.actions == []
+        assert again.status == job.status
+    # something else missing now: one more entry
+    other = (Reason.SECRET_NOT_FOUND, "spec.storageSecretRef: Secret other not found")
+    if reason is not Reason.SECRET_NOT_FOUND:
+        job, d3 = step(job, config, ref_problems=[other], now=T0 + timedelta(minutes=4))
+        assert types(d3) == ["Waiting"] and d3.events[0]["reason"] == "SecretNotFound"
+        assert job.status is not None and len(job.status.timeline) == 2
+    # it appears: validated, and on its way like any job
+    job, d4 = step(job, config, now=T0 + timedelta(minutes=5))
+    assert not d4.waiting
+    st = job.status
+    assert st is not None and st.phase is Phase.RUNNING
+    assert kinds(d4) == [ActionKind.CREATE_CONFIG_MAP, ActionKind.CREATE_LAUNCHER]
+    validated = next(c for c in st.conditions if c.type == "Validated")
+    assert (validated.status, validated.reason) == ("True", "SpecValid")
+    assert types(d4)[0] == "Validated"
+    assert not st.message or not st.message.startswith("waiting")
+
+
+def test_a_waiting_job_can_be_cancelled(config: OperatorConfig) -> None:
+    problem = (Reason.SECRET_NOT_FOUND, "spec.storageSecretRef: Secret s3-creds not found")
+    job, _ = step(make_job(), config, ref_problems=[problem])
+    cancelled = make_job(
+        edits={"spec.cancelled": True},
+        status=job.status.model_dump(mode="json", by_alias=True, exclude_none=True)
+        if job.status
+        else None,
+    )
+    job, d = step(cancelled, config, ref_problems=[problem])
+    assert job.status is not None and job.status.phase is Phase.CANCELLED and not d.waiting
 
 
 def test_running_job_reports_progress_metrics_and_checkpoints(config: OperatorConfig) -> None:

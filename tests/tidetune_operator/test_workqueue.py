@@ -74,3 +74,36 @@ async def test_a_failing_key_is_retried_with_backoff_and_a_delay_requeues() -> N
 
 def test_failed_reconciles_back_off_exponentially_to_a_minute() -> None:
     assert [retry_delay(n) for n in range(1, 9)] == [1, 2, 4, 8, 16, 32, 60, 60]
+
+
+def test_waiting_jobs_back_off_from_two_seconds_to_the_resync_interval() -> None:
+    """The controller's looks at a job waiting for a reference (base 2 s, cap = resync)."""
+    assert [retry_delay(n, 2.0, 60.0) for n in range(1, 8)] == [2, 4, 8, 16, 32, 60, 60]
+
+
+@pytest.mark.asyncio
+async def test_a_later_delay_does_not_push_back_an_earlier_one() -> None:
+    """As client-go's AddAfter: a key timed twice is handled at the earlier time (a pool's
+    wake-up at a drain is not overridden by the job's own later resync), and once."""
+    calls: list[float] = []
+    loop = asyncio.get_running_loop()
+
+    async def handle(key: QueueKey) -> float | None:
+        calls.append(loop.time())
+        return None
+
+    queue = WorkQueue(handle, workers=1)
+    queue.start()
+    try:
+        t0 = loop.time()
+        queue.enqueue(A, 0.1)
+        queue.enqueue(A, 5.0)  # later: ignored
+        queue.enqueue(B, 5.0)
+        queue.enqueue(B, 0.2)  # earlier: replaces
+        await asyncio.sleep(0.5)
+        assert len(calls) == 2
+        assert calls[0] - t0 == pytest.approx(0.1, abs=0.08)
+        assert calls[1] - t0 == pytest.approx(0.2, abs=0.08)
+        assert set(queue._timers) == set()
+    finally:
+        await queue.stop()
