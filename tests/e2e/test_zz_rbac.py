@@ -41,6 +41,11 @@ NEEDED_BUT_NOT_EXERCISED: dict[Rule, str] = {
         "references.check_references reads reward-function ConfigMaps of RL jobs (spec.rl.rewards"
         "[].function.configMapRef), and create_or_get reads back an existing spec ConfigMap"
     ),
+    ("tidetune.io", "finetunejobs/finalizers", "update"): (
+        "builders.owner_reference sets blockOwnerDeletion on the launched job and its "
+        "ConfigMap; the OwnerReferencesPermissionEnforcement admission plugin allows that only "
+        "with update on the owner's finalizers (checked by the API server, never requested)"
+    ),
     ("tidetune.io", "idlepools/status", "patch"): (
         "Controller.reconcile_pool writes IdlePool status (open, next transition, GPUs used); "
         "only runs when an IdlePool exists"

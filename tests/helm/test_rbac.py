@@ -23,6 +23,7 @@ from tidetune_operator.launchers import LAUNCHERS
 NAMESPACED_RESOURCES = {
     "finetunejobs",
     "finetunejobs/status",
+    "finetunejobs/finalizers",
     "pytorchjobs",
     "configmaps",
     "secrets",
@@ -107,3 +108,20 @@ def test_rbac_can_be_left_to_the_platform() -> None:
     docs = template(extra=["--set", "rbac.create=false"])
     assert not granted_rules(docs)
     assert not by_kind(docs, "ClusterRoleBinding")
+
+
+def test_owned_objects_may_block_their_owners_deletion(
+    cluster_docs: list[dict[str, Any]], namespaced_docs: list[dict[str, Any]]
+) -> None:
+    """The PyTorchJob and ConfigMap carry blockOwnerDeletion: under the
+    OwnerReferencesPermissionEnforcement admission plugin creating them needs update on
+    finetunejobs/finalizers — that, and nothing else on finalizers."""
+    for role in (one(cluster_docs, "ClusterRole"), *by_kind(namespaced_docs, "Role")):
+        rules = rules_of(role)
+        assert ("tidetune.io", "finetunejobs/finalizers", "update") in rules
+        assert {r for r in rules if r[1].endswith("/finalizers")} == {
+            ("tidetune.io", "finetunejobs/finalizers", "update")
+        }
+    assert not {
+        r for r in rules_of(one(namespaced_docs, "ClusterRole")) if r[1].startswith("finetunejobs")
+    }

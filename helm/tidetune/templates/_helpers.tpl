@@ -78,6 +78,12 @@ used in the lab's end-to-end run (tests/e2e/test_zz_rbac.py).
 - apiGroups: ["tidetune.io"]
   resources: ["finetunejobs/status"]
   verbs: ["patch"]
+# What it creates for a job carries an ownerReference with blockOwnerDeletion: true; the API
+# server's OwnerReferencesPermissionEnforcement admission plugin allows that only to who may
+# update the owner's finalizers. No request goes there.
+- apiGroups: ["tidetune.io"]
+  resources: ["finetunejobs/finalizers"]
+  verbs: ["update"]
 # The launched training job: watched by kopf; created (or read back after a restart),
 # suspended/resumed by patch, deleted when superseded.
 - apiGroups: [{{ include "tidetune.launcherGroup" . | quote }}]
