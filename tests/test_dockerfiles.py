@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import dockerfile
 import pytest
 
+from tests.support.users import getuser_without_passwd_entry
 from tidetune_operator.builders import RESTRICTED_POD_SECURITY
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -192,6 +193,15 @@ def test_operator_entrypoint_and_read_only_root() -> None:
     assert env["PYTHONDONTWRITEBYTECODE"] == "1"
     assert env["HOME"] == "/tmp" and env["TMPDIR"] == "/tmp"
     assert not of(final, "VOLUME")
+
+
+def test_operator_image_gives_kopf_a_user_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    """USER 65532 has no passwd entry: without ENV USER, kopf's getpass.getuser() raises."""
+    env = env_of(stages(OPERATOR)[-1])
+    assert env["USER"] == "tidetune"
+    assert getuser_without_passwd_entry(env, monkeypatch) == "tidetune"
+    with pytest.raises((KeyError, OSError)):
+        getuser_without_passwd_entry({}, monkeypatch)
 
 
 def test_health_checks() -> None:

@@ -27,6 +27,7 @@ from tests.helm.chart import (
     write_values,
 )
 from tests.helm.validate import validate_all, validate_monitoring
+from tests.support.users import getuser_without_passwd_entry
 from tidetune.cli import main as tidetune_main
 from tidetune_operator.config import CONFIG_ENV, OperatorConfig, load_config
 
@@ -205,6 +206,18 @@ def test_restricted_security_context(
         volume = next(v for v in pod["volumes"] if v["name"] == tmp["name"])
         assert "emptyDir" in volume
         assert _env(container)["HOME"] == "/tmp"
+
+
+def test_operator_has_a_user_name_for_kopf(
+    default_docs: list[dict[str, Any]],
+    custom_docs: list[dict[str, Any]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """runAsUser 65532 has no passwd entry; kopf's getpass.getuser() needs USER."""
+    for docs in (default_docs, custom_docs):
+        env = _env(_container(docs))
+        assert env["USER"] == "tidetune"
+        assert getuser_without_passwd_entry(env, monkeypatch) == "tidetune"
 
 
 def test_resources_from_values(
