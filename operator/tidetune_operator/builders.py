@@ -324,6 +324,8 @@ def pod_template(
     reward_vols, reward_mounts = reward_volumes(job)
     if reward_vols:
         env.append({"name": layout.REWARD_SOURCES_ENV, "value": layout.REWARD_SOURCES_MOUNT})
+    # the install's own (config.trainerEnv; names the operator sets above are refused there)
+    env.extend({"name": k, "value": v} for k, v in sorted(config.trainer_env.items()))
     container: dict[str, Any] = {
         "name": "pytorch",
         "image": config.trainer_image,

@@ -8,16 +8,42 @@ variables for the settings a lab or a test most often changes (listed in ``ENV``
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from tidetune import layout
 from tidetune.api.types import Quantity
 from tidetune.estimate import DEFAULT_GPU_TYPE, DEFAULT_TABLES, EstimateTables
 
 CONFIG_ENV = "TIDETUNE_CONFIG"
+
+#: Environment variables the operator itself sets in trainer containers
+#: (``builders.pod_template``); ``trainerEnv`` may not set them.
+OPERATOR_TRAINER_ENV: frozenset[str] = frozenset(
+    {
+        "TIDETUNE_JOB_NAME",
+        "TIDETUNE_JOB_NAMESPACE",
+        "TIDETUNE_JOB_UID",
+        "TIDETUNE_ATTEMPT",
+        layout.TERMINATION_LOG_ENV,
+        layout.REWARD_SOURCES_ENV,
+        "HOME",
+        "HF_HUB_OFFLINE",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "TIDETUNE_S3_ENDPOINT",
+        "MLFLOW_TRACKING_TOKEN",
+        "MLFLOW_TRACKING_USERNAME",
+        "MLFLOW_TRACKING_PASSWORD",
+    }
+)
+#: an environment variable name as Kubernetes has always accepted it (a C identifier, plus
+#: '.' and '-')
+_ENV_NAME = re.compile(r"[-._a-zA-Z][-._a-zA-Z0-9]*")
 
 
 class DefaultResources(BaseModel):
@@ -93,6 +119,28 @@ class OperatorConfig(BaseModel):
     prices: dict[str, float] = Field(
         default_factory=dict, description="Price per device-hour per device type (overrides)."
     )
+    trainer_env: dict[str, str] = Field(
+        default_factory=dict,
+        alias="trainerEnv",
+        description="Environment variables (name → value) added to every trainer container, "
+        "sorted by name, after the operator's own; names the operator sets are refused.",
+    )
+
+    @field_validator("trainer_env")
+    @classmethod
+    def _trainer_env_names(cls, env: dict[str, str]) -> dict[str, str]:
+        for name in sorted(env):
+            if not _ENV_NAME.fullmatch(name):
+                raise ValueError(
+                    f"{name!r} is not an environment variable name "
+                    "(letters, digits, '_', '.', '-'; not starting with a digit)"
+                )
+            if name in OPERATOR_TRAINER_ENV:
+                raise ValueError(
+                    f"{name} is set by the operator itself in every trainer container; "
+                    "remove it from trainerEnv"
+                )
+        return env
 
     @property
     def estimate_tables(self) -> EstimateTables:

@@ -253,6 +253,12 @@ def test_custom_config_loads(custom_docs: list[dict[str, Any]], tmp_path: pathli
     assert config.estimate_tables.currency == "EUR"
 
 
+def test_trainer_env_reaches_the_operator(tmp_path: pathlib.Path) -> None:
+    env = {"NCCL_DEBUG": "WARN", "HF_ENDPOINT": "https://hf-mirror.example.com"}
+    docs = template([write_values(tmp_path / "v.yaml", {"config": {"trainerEnv": env}})])
+    assert _load_rendered_config(docs, tmp_path).trainer_env == env
+
+
 def test_config_change_rolls_the_pod(tmp_path: pathlib.Path) -> None:
     def checksum(values: dict[str, Any]) -> str:
         docs = template([write_values(tmp_path / "v.yaml", values)])

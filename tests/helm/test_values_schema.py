@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from tests.helm.chart import CHART, RELEASE, helm, write_values
-from tidetune_operator.config import OperatorConfig
+from tidetune_operator.config import OPERATOR_TRAINER_ENV, OperatorConfig
 
 SCHEMA = json.loads((CHART / "values.schema.json").read_text(encoding="utf-8"))
 VALUES = yaml.safe_load((CHART / "values.yaml").read_text(encoding="utf-8"))
@@ -50,6 +50,12 @@ def test_schema_covers_every_value_and_forbids_unknown_keys() -> None:
     assert set(SCHEMA["properties"]) - set(VALUES) == {"global"}
 
 
+def test_schema_refuses_the_trainer_env_names_the_operator_refuses() -> None:
+    """helm install fails where the operator would refuse to start (config.trainerEnv)."""
+    names = SCHEMA["properties"]["config"]["properties"]["trainerEnv"]["propertyNames"]
+    assert names["not"]["enum"] == sorted(OPERATOR_TRAINER_ENV)
+
+
 def test_defaults_match_the_operator_defaults() -> None:
     config = dict(VALUES["config"])
     config.pop("defaultOutputUri")  # "" in values means: not set (None)
@@ -70,6 +76,9 @@ BAD_VALUES: list[tuple[dict[str, Any], str]] = [
     ({"metrics": {"serviceMonitor": {"interval": "30 seconds"}}}, "interval"),
     ({"logFormat": "xml"}, "/logFormat"),
     ({"replicas": 2}, "replicas"),
+    ({"config": {"trainerEnv": {"NCCL_DEBUG": 1}}}, "/config/trainerEnv/NCCL_DEBUG"),
+    ({"config": {"trainerEnv": {"1ST": "x"}}}, "invalid propertyName '1ST'"),
+    ({"config": {"trainerEnv": {"HOME": "/x"}}}, "invalid propertyName 'HOME'"),
 ]
 
 

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import yaml
 
 from tests.tidetune_operator.conftest import make_job, make_pool
 from tidetune.api import FineTuneJob
 from tidetune_operator import builders
-from tidetune_operator.config import OperatorConfig
+from tidetune_operator.config import OPERATOR_TRAINER_ENV, OperatorConfig
 from tidetune_operator.launchers import LauncherPhase, PyTorchJobLauncher, TrainJobLauncher
 
 
@@ -311,3 +313,64 @@ def test_reward_function_configmaps_are_mounted_where_the_trainer_reads_them(
     plain = PyTorchJobLauncher().build(make_job(), config, None, 1, False)
     ppod = plain["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]
     assert not any(v["name"].startswith("rewards-") for v in ppod["volumes"])
+
+
+def _containers(body: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every trainer container of a launched PyTorchJob (Master, Workers) or TrainJob."""
+    if body["kind"] == "PyTorchJob":
+        return [
+            c
+            for replica in body["spec"]["pytorchReplicaSpecs"].values()
+            for c in replica["template"]["spec"]["containers"]
+        ]
+    return [body["spec"]["trainer"]]
+
+
+def _everything_job() -> FineTuneJob:
+    """A job that makes the operator set every variable it can: a storage Secret, registry
+    credentials, custom reward sources, a model not from the Hub."""
+    return make_job(
+        "grpo.yaml",
+        edits={
+            "spec.output.publish": {
+                "registry": "https://mlflow.example.com",
+                "credentialsSecretRef": {"name": "mlflow-auth"},
+            },
+            "spec.resources": {"nodes": 2, "gpusPerNode": 8},
+        },
+    )
+
+
+@pytest.mark.parametrize(
+    "launcher", [PyTorchJobLauncher(), TrainJobLauncher()], ids=["PyTorchJob", "TrainJob"]
+)
+def test_trainer_env_follows_the_operators_own_sorted_by_name(
+    config: OperatorConfig, launcher: PyTorchJobLauncher | TrainJobLauncher
+) -> None:
+    job = _everything_job()
+    own = [e["name"] for e in _containers(launcher.build(job, config, None, 1, False))[0]["env"]]
+    extra = config.model_copy(
+        update={"trainer_env": {"ZZ_LAST": "z", "NCCL_DEBUG": "WARN", "HF_ENDPOINT": "https://h"}}
+    )
+    containers = _containers(launcher.build(job, extra, None, 1, False))
+    assert len(containers) == (2 if launcher.kind == "PyTorchJob" else 1)
+    for container in containers:
+        env = container["env"]
+        assert [e["name"] for e in env[: len(own)]] == own
+        assert env[len(own) :] == [
+            {"name": "HF_ENDPOINT", "value": "https://h"},
+            {"name": "NCCL_DEBUG", "value": "WARN"},
+            {"name": "ZZ_LAST", "value": "z"},
+        ]
+
+
+def test_the_refused_trainer_env_names_are_exactly_what_the_operator_sets(
+    config: OperatorConfig,
+) -> None:
+    """OPERATOR_TRAINER_ENV (what config.trainerEnv refuses) cannot drift from pod_template."""
+    for launcher in (PyTorchJobLauncher(), TrainJobLauncher()):
+        body = launcher.build(_everything_job(), config, None, 1, False)
+        for container in _containers(body):
+            names = [e["name"] for e in container["env"]]
+            assert len(names) == len(set(names))
+            assert set(names) == OPERATOR_TRAINER_ENV
