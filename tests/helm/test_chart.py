@@ -259,6 +259,14 @@ def test_trainer_env_reaches_the_operator(tmp_path: pathlib.Path) -> None:
     assert _load_rendered_config(docs, tmp_path).trainer_env == env
 
 
+def test_clock_offset_test_facility_is_accepted_and_reaches_the_operator(
+    tmp_path: pathlib.Path,
+) -> None:
+    """Not in values.yaml (never for a real install), but a lab may set it."""
+    docs = template([write_values(tmp_path / "v.yaml", {"config": {"clockOffsetSeconds": -5400}})])
+    assert _load_rendered_config(docs, tmp_path).clock_offset_seconds == -5400
+
+
 def test_config_change_rolls_the_pod(tmp_path: pathlib.Path) -> None:
     def checksum(values: dict[str, Any]) -> str:
         docs = template([write_values(tmp_path / "v.yaml", values)])
