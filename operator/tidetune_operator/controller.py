@@ -47,6 +47,7 @@ from tidetune_operator.kube import (
 )
 from tidetune_operator.launchers import Launcher, LauncherPhase
 from tidetune_operator.reconcile import (
+    WAIT_FOR_REFERENCE,
     ActionKind,
     ArtifactCheck,
     Decision,
@@ -228,10 +229,15 @@ class Controller:
             if ((body.get("spec") or {}).get("scheduling") or {}).get("pool") == pool:
                 yield key
 
-    def _candidates(self, pool_name: str) -> list[admission.Candidate]:
+    def _candidates(self, pool_name: str, me: JobKey | None = None) -> list[admission.Candidate]:
+        """The pool's jobs as admission sees them. A job waiting for a reference holds no
+        place (a typo in a Secret name must not block the queue), except ``me``: the job
+        being reconciled, which may just have found what it waited for."""
         out = []
         for key in self.jobs_in_pool(pool_name):
             body = self.jobs[key]
+            if key != me and waiting_for_reference(body.get("status") or {}):
+                continue
             cand = candidate(body)
             if cand is not None:
                 out.append(cand)
@@ -251,9 +257,10 @@ class Controller:
     ) -> admission.Admission:
         if not job.spec.scheduling.pool or pool is None:
             return admission.ADMIT_NOW
-        verdicts = admission.plan(pool, self._candidates(pool.metadata.name), now)
+        key = (job.metadata.namespace or "", job.metadata.name)
+        verdicts = admission.plan(pool, self._candidates(pool.metadata.name, me=key), now)
         return verdicts.get(
-            (job.metadata.namespace or "", job.metadata.name),
+            key,
             admission.Admission(False, Reason.WAITING_FOR_POOL_WINDOW, "waiting for admission"),
         )
 
@@ -520,6 +527,18 @@ class Controller:
         await self._write_status(key, body, decision.status)
         involved = ObjectMeta.model_construct(name=key[1], namespace=key[0], uid=meta.get("uid"))
         await self._post_events(involved, decision)
+
+
+def waiting_for_reference(status: dict[str, Any]) -> bool:
+    """The stored status says the job waits for a Secret, ConfigMap or IdlePool it names."""
+    if status.get("phase", Phase.PENDING) != Phase.PENDING:
+        return False
+    return any(
+        c.get("type") == ConditionType.VALIDATED
+        and c.get("status") == "False"
+        and c.get("reason") in WAIT_FOR_REFERENCE
+        for c in status.get("conditions") or []
+    )
 
 
 def candidate(body: dict[str, Any]) -> admission.Candidate | None:

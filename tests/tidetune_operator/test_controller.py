@@ -300,3 +300,41 @@ async def test_a_pool_too_small_still_fails_at_once(
     assert status["phase"] == "Failed"
     assert _conditions(status)["Failed"][:2] == ("True", "PoolTooSmall")
     assert not c._waiting
+
+
+@pytest.mark.asyncio
+async def test_a_job_waiting_for_its_secret_holds_no_place_in_its_pools_queue(
+    api: tuple[ApiServer, Kube], config: OperatorConfig
+) -> None:
+    """Before waiting, a missing Secret failed the job; now it waits, and it must not take
+    the pool's GPUs (or the head of its queue) from jobs that can run."""
+    server, kube = api
+    server.secrets["ok-creds"] = dict(_CREDS)
+    server.secrets.pop("s3-creds")
+    c = controller(config, kube)
+    _add_missing("PoolNotFound", server, c)  # 64 GPUs, open around the clock
+    whole_pool = {"nodes": 8, "gpusPerNode": 8}
+    typo = job_body(**{"metadata.name": "typo", "spec.scheduling.pool": "night-a100",
+                       "spec.resources": whole_pool,
+                       "metadata.creationTimestamp": "2026-01-01T00:00:00Z"})  # fmt: skip
+    good = job_body(**{"metadata.name": "good", "spec.scheduling.pool": "night-a100",
+                       "spec.resources": whole_pool, "spec.storageSecretRef": {"name": "ok-creds"},
+                       "metadata.creationTimestamp": "2026-01-02T00:00:00Z",
+                       "metadata.uid": "0f6d8a4e-9999-2222-3333-444455556666"})  # fmt: skip
+    _JOB.clear()
+    _JOB.update(typo)
+    c.observe_job("ADDED", typo)
+    assert await c.reconcile_job(("team-a", "typo")) == 2.0
+    assert server.status_patches[-1]["phase"] == "Pending"
+    _JOB.clear()
+    _JOB.update(good)
+    c.observe_job("ADDED", good)
+    await c.reconcile_job(("team-a", "good"))
+    status = server.status_patches[-1]
+    assert status["phase"] == "Running", status["message"]
+    assert _conditions(status)["Admitted"][:2] == ("True", "Admitted")
+    # nor does the pool count it as queued (pool status, tidetune_pool_queued_jobs)
+    assert [x.name for x in c._candidates("night-a100")] == ["good"]
+    # but its own reconcile plans with it: it may have just found its Secret
+    mine = c._candidates("night-a100", me=("team-a", "typo"))
+    assert sorted(x.name for x in mine) == ["good", "typo"]
