@@ -46,6 +46,12 @@ STATUS_METRICS: Final = {
 #: operator mounts each referenced ConfigMap there; ``tidetune run`` lays out the file's)
 REWARD_SOURCES_ENV: Final = "TIDETUNE_REWARD_SOURCES"
 REWARD_SOURCES_MOUNT: Final = "/etc/tidetune-rewards"
+#: where the reward runtime container (a sidecar of the trainer pod) listens; set on
+#: the trainer container, it makes the trainer use that container instead of starting
+#: the sandbox host itself
+REWARD_SOCKET_ENV: Final = "TIDETUNE_REWARD_SOCKET"
+REWARD_SOCKET_DIR: Final = "/var/run/tidetune-reward"
+REWARD_SOCKET_PATH: Final = f"{REWARD_SOCKET_DIR}/sandbox.sock"
 
 
 def job_root(output_base: str, namespace: str, name: str, uid: str) -> str:

@@ -145,6 +145,122 @@ def reward_volumes(job: FineTuneJob) -> tuple[list[dict[str, Any]], list[dict[st
     return volumes, mounts
 
 
+#: the reward runtime sidecar (see :func:`reward_runtime_container`)
+REWARD_CONTAINER = "reward-runtime"
+REWARD_SOCKET_VOLUME = "reward-socket"
+REWARD_HOME_VOLUME = "reward-home"
+#: its user: not the trainer's (1000, so it cannot read the trainer's files in shared
+#: volumes), not ``nobody`` or 65532 (RLIMIT_NPROC counts a uid's processes across the
+#: node, and other pods commonly run as those)
+REWARD_RUNTIME_UID = 64000
+#: headroom of the container's default memory over ``memoryMiB`` per trainer process
+REWARD_RUNTIME_MEMORY_OVERHEAD_MIB = 256
+
+
+def has_custom_rewards(job: FineTuneJob) -> bool:
+    """Whether the job has reward rules that are users' own functions."""
+    rl = job.spec.rl
+    return rl is not None and any(r.function is not None for r in rl.rewards)
+
+
+def reward_runtime_resources(job: FineTuneJob) -> dict[str, Any]:
+    """``rl.rewardRuntime.cpu``/``memory`` as request and limit; by default one core and
+    ``memoryMiB`` + 256Mi per trainer process of the node (each rank calls one function
+    at a time)."""
+    rl = job.spec.rl
+    assert rl is not None
+    rt = rl.reward_runtime
+    procs = job.spec.resources.gpus_per_node or 1
+    cpu = rt.cpu or str(procs)
+    memory = rt.memory or f"{procs * rt.memory_mi_b + REWARD_RUNTIME_MEMORY_OVERHEAD_MIB}Mi"
+    both = {"cpu": cpu, "memory": memory}
+    return {"requests": dict(both), "limits": dict(both)}
+
+
+def reward_runtime_env() -> list[dict[str, Any]]:
+    """The reward runtime's whole environment: no Secret, no job identity (the image's
+    own ``ENV`` — ``PATH`` — stays)."""
+    return [
+        {"name": "HOME", "value": "/tmp"},
+        {"name": "TMPDIR", "value": "/tmp"},
+        {"name": "LANG", "value": "C.UTF-8"},
+        {"name": "PYTHONDONTWRITEBYTECODE", "value": "1"},
+        {"name": "PYTHONUNBUFFERED", "value": "1"},
+        # one thread per math library: a call's limits are one core's worth
+        {"name": "OMP_NUM_THREADS", "value": "1"},
+        {"name": "OPENBLAS_NUM_THREADS", "value": "1"},
+        {"name": "MKL_NUM_THREADS", "value": "1"},
+    ]
+
+
+def reward_runtime_command() -> list[str]:
+    return [
+        "python",
+        "-I",
+        "-m",
+        "tidetune_trainer.rl.sandbox_host",
+        "--listen",
+        layout.REWARD_SOCKET_PATH,
+        "--home",
+        "/tmp",
+    ]
+
+
+def reward_runtime_mounts() -> list[dict[str, Any]]:
+    return [
+        {"name": REWARD_SOCKET_VOLUME, "mountPath": layout.REWARD_SOCKET_DIR},
+        {"name": REWARD_HOME_VOLUME, "mountPath": "/tmp"},
+    ]
+
+
+def reward_runtime_volumes() -> list[dict[str, Any]]:
+    return [
+        {"name": REWARD_SOCKET_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}},
+        {"name": REWARD_HOME_VOLUME, "emptyDir": {"sizeLimit": "1Gi"}},
+    ]
+
+
+def reward_runtime_container(job: FineTuneJob, config: OperatorConfig) -> dict[str, Any]:
+    """The ``reward-runtime`` sidecar that runs users' reward functions on a cluster.
+
+    A native sidecar (an init container with ``restartPolicy: Always``, Kubernetes ≥
+    1.29): it starts before the trainer — its startup probe passes once the socket
+    exists — and is stopped after it. Image ``rl.rewardRuntime.image`` (default the
+    trainer image); its environment is :func:`reward_runtime_env` only (no Secret, no
+    ``envFrom``); it mounts only the socket folder and its own scratch — not the spec,
+    the reward sources (the trainer sends them), the data claims or a ServiceAccount
+    token (the pod mounts none); the restricted security context as its own user
+    (:data:`REWARD_RUNTIME_UID`) with a read-only root filesystem; its own CPU and
+    memory (:func:`reward_runtime_resources`)."""
+    rl = job.spec.rl
+    assert rl is not None
+    probe = (
+        "import os, stat, sys; "
+        f"sys.exit(not stat.S_ISSOCK(os.stat({layout.REWARD_SOCKET_PATH!r}).st_mode))"
+    )
+    return {
+        "name": REWARD_CONTAINER,
+        "image": rl.reward_runtime.image or config.trainer_image,
+        "imagePullPolicy": config.image_pull_policy,
+        "restartPolicy": "Always",
+        "command": reward_runtime_command(),
+        "env": reward_runtime_env(),
+        "resources": reward_runtime_resources(job),
+        "volumeMounts": reward_runtime_mounts(),
+        "startupProbe": {
+            "exec": {"command": ["python", "-I", "-c", probe]},
+            "periodSeconds": 1,
+            "failureThreshold": 300,
+        },
+        "securityContext": {
+            **RESTRICTED_CONTAINER_SECURITY,
+            "readOnlyRootFilesystem": True,
+            "runAsUser": REWARD_RUNTIME_UID,
+            "runAsGroup": REWARD_RUNTIME_UID,
+        },
+    }
+
+
 def owner_reference(job: FineTuneJob) -> dict[str, Any]:
     return {
         "apiVersion": job.api_version,
@@ -324,6 +440,13 @@ def pod_template(
     reward_vols, reward_mounts = reward_volumes(job)
     if reward_vols:
         env.append({"name": layout.REWARD_SOURCES_ENV, "value": layout.REWARD_SOURCES_MOUNT})
+    sidecar = has_custom_rewards(job)
+    if sidecar:  # users' functions run in the reward runtime container, not here
+        env.append({"name": layout.REWARD_SOCKET_ENV, "value": layout.REWARD_SOCKET_PATH})
+        reward_mounts = [
+            *reward_mounts,
+            {"name": REWARD_SOCKET_VOLUME, "mountPath": layout.REWARD_SOCKET_DIR, "readOnly": True},
+        ]
     # the install's own (config.trainerEnv; names the operator sets above are refused there)
     env.extend({"name": k, "value": v} for k, v in sorted(config.trainer_env.items()))
     container: dict[str, Any] = {
@@ -361,6 +484,10 @@ def pod_template(
             *reward_vols,
         ],
     }
+    if sidecar:
+        spec["initContainers"] = [reward_runtime_container(job, config)]
+        spec["volumes"].extend(reward_runtime_volumes())
+        spec["shareProcessNamespace"] = False  # the default, said out loud
     if pool is not None:
         if pool.spec.node_selector:
             spec["nodeSelector"] = dict(pool.spec.node_selector)

@@ -31,6 +31,7 @@ OPERATOR_TRAINER_ENV: frozenset[str] = frozenset(
         "TIDETUNE_ATTEMPT",
         layout.TERMINATION_LOG_ENV,
         layout.REWARD_SOURCES_ENV,
+        layout.REWARD_SOCKET_ENV,
         "HOME",
         "HF_HUB_OFFLINE",
         "AWS_ACCESS_KEY_ID",

@@ -236,6 +236,12 @@ BAD: list[tuple[str, str, dict[str, Any], str]] = [
         "spec.rl.epsilonHigh",
     ),
     (
+        "reward-runtime-cpu",
+        GRPO,
+        {"spec.rl.rewardRuntime": {"cpu": "lots"}},
+        "spec.rl.rewardRuntime.cpu",
+    ),
+    (
         "requirement-shell",
         GRPO,
         {"spec.rl.rewards[1].function.requirements": ["sympy; rm -rf /"]},
@@ -373,7 +379,12 @@ GOOD: list[tuple[str, str, dict[str, Any]]] = [
             "spec.method": "ppo",
             "spec.rl.epochsPerRollout": 2,
             "spec.rl.lambda": 0.9,
-            "spec.rl.rewardRuntime": {"image": "registry.local/rewards:1", "memoryMiB": 512},
+            "spec.rl.rewardRuntime": {
+                "image": "registry.local/rewards:1",
+                "memoryMiB": 512,
+                "cpu": "2",
+                "memory": "4Gi",
+            },
             "spec.rl.rewards[1].function.requirements": ["sympy>=1.12", "numpy"],
         },
     ),

@@ -374,3 +374,139 @@ def test_the_refused_trainer_env_names_are_exactly_what_the_operator_sets(
             names = [e["name"] for e in container["env"]]
             assert len(names) == len(set(names))
             assert set(names) == OPERATOR_TRAINER_ENV
+
+
+# --------------------------------------------------------------------------- reward runtime
+
+
+def _rl_job(rewards: list[dict[str, object]], **runtime: object) -> FineTuneJob:
+    rl: dict[str, object] = {"rewards": rewards}
+    if runtime:
+        rl["rewardRuntime"] = runtime
+    return make_job(
+        "sft-full.yaml",  # 8 GPUs per node: 8 trainer processes share the reward runtime
+        edits={
+            "spec.method": "grpo",
+            "spec.data.train.format": "prompt-completion",
+            "spec.rl": rl,
+            # the trainer gets registry credentials too: the sidecar must not
+            "spec.output.publish": {
+                "registry": "https://mlflow.example.com",
+                "credentialsSecretRef": {"name": "mlflow-auth"},
+            },
+        },
+    )
+
+
+FN = {"function": {"configMapRef": {"name": "r", "key": "reward.py"}, "entrypoint": "score"}}
+
+
+def _pod(obj: dict[str, object]) -> dict[str, Any]:
+    return obj["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]  # type: ignore[index,no-any-return]
+
+
+def test_custom_reward_functions_get_a_reward_runtime_sidecar(config: OperatorConfig) -> None:
+    job = _rl_job(
+        [{"preset": "exact-match"}, FN],
+        image="registry.example.com/team-a/rewards:1",
+        cpu="3",
+        memoryMiB=512,
+    )
+    pod = _pod(PyTorchJobLauncher().build(job, config, None, 1, False))
+    (side,) = pod["initContainers"]
+    assert side["name"] == "reward-runtime"
+    assert side["restartPolicy"] == "Always"  # a native sidecar: up before, down after
+    assert side["image"] == "registry.example.com/team-a/rewards:1"
+    assert side["startupProbe"]["exec"]["command"][0] == "python"
+    # nothing secret: no Secret refs, no envFrom, no job identity, a fixed allowlist
+    assert "envFrom" not in side
+    assert all("valueFrom" not in e for e in side["env"])
+    names = {e["name"] for e in side["env"]}
+    assert names == {e["name"] for e in builders.reward_runtime_env()}
+    assert not any(n.startswith(("AWS_", "TIDETUNE_", "MLFLOW_")) for n in names)
+    # no token, no Secret, no spec, no sources, no data: its own two folders only
+    assert pod["automountServiceAccountToken"] is False
+    assert not any("projected" in v or "secret" in v for v in pod["volumes"])
+    assert {m["name"] for m in side["volumeMounts"]} == {"reward-socket", "reward-home"}
+    assert not any(m["mountPath"].startswith("/var/run/secrets") for m in side["volumeMounts"])
+    assert pod["shareProcessNamespace"] is False
+    # restricted, as its own user
+    sc = side["securityContext"]
+    assert sc["runAsNonRoot"] is True and sc["allowPrivilegeEscalation"] is False
+    assert sc["capabilities"] == {"drop": ["ALL"]}
+    assert sc["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert sc["readOnlyRootFilesystem"] is True
+    assert sc["runAsUser"] not in (0, pod["securityContext"]["runAsUser"])
+    # its own resources: cpu from the spec, memory by default memoryMiB × 8 processes + 256
+    assert side["resources"] == {
+        "requests": {"cpu": "3", "memory": f"{8 * 512 + 256}Mi"},
+        "limits": {"cpu": "3", "memory": f"{8 * 512 + 256}Mi"},
+    }
+    # the trainer reaches it through the shared folder, read-only on its side
+    trainer = pod["containers"][0]
+    env = {e["name"]: e.get("value") for e in trainer["env"]}
+    socket_path = env["TIDETUNE_REWARD_SOCKET"]
+    cmd = side["command"]
+    assert cmd[cmd.index("--listen") + 1] == socket_path
+    assert cmd[:4] == ["python", "-I", "-m", "tidetune_trainer.rl.sandbox_host"]
+    (tmount,) = [m for m in trainer["volumeMounts"] if m["name"] == "reward-socket"]
+    (smount,) = [m for m in side["volumeMounts"] if m["name"] == "reward-socket"]
+    assert tmount["readOnly"] is True and "readOnly" not in smount
+    assert tmount["mountPath"] == smount["mountPath"] == socket_path.rsplit("/", 1)[0]
+    (vol,) = [v for v in pod["volumes"] if v["name"] == "reward-socket"]
+    assert "emptyDir" in vol
+    # the trainer keeps its credentials (it needs them); the sidecar has none of them
+    assert "AWS_SECRET_ACCESS_KEY" in env and "MLFLOW_TRACKING_TOKEN" in env
+
+
+def test_reward_runtime_defaults(config: OperatorConfig) -> None:
+    side = _pod(PyTorchJobLauncher().build(_rl_job([FN]), config, None, 1, False))[
+        "initContainers"
+    ][0]
+    assert side["image"] == config.trainer_image
+    assert side["resources"]["limits"] == {"cpu": "8", "memory": f"{8 * 1024 + 256}Mi"}
+    cpu_job = make_job(
+        edits={
+            "spec.method": "grpo",
+            "spec.data.train.format": "prompt-completion",
+            "spec.rl": {"rewards": [FN], "rewardRuntime": {"memory": "3Gi"}},
+            "spec.resources": {"gpusPerNode": 0},
+            "spec.scheduling": {},
+        }
+    )
+    side = _pod(PyTorchJobLauncher().build(cpu_job, config, None, 1, False))["initContainers"][0]
+    assert side["resources"]["limits"] == {"cpu": "1", "memory": "3Gi"}
+
+
+def test_no_sidecar_without_custom_reward_functions(config: OperatorConfig) -> None:
+    for job in (_rl_job([{"preset": "exact-match"}]), make_job()):
+        pod = _pod(PyTorchJobLauncher().build(job, config, None, 1, False))
+        assert "initContainers" not in pod
+        assert not any(v["name"].startswith("reward-") for v in pod["volumes"])
+        env = {e["name"] for e in pod["containers"][0]["env"]}
+        assert "TIDETUNE_REWARD_SOCKET" not in env
+
+
+def test_trainjob_custom_rewards_use_the_runtime_with_the_sidecar(config: OperatorConfig) -> None:
+    tj = TrainJobLauncher().build(_rl_job([FN]), config, None, 1, False)
+    assert tj["spec"]["runtimeRef"]["name"] == TrainJobLauncher.reward_runtime
+    override = tj["spec"]["podTemplateOverrides"][0]["spec"]
+    (side,) = override["initContainers"]
+    assert side == {
+        "name": "reward-runtime",
+        "env": builders.reward_runtime_env(),
+        "volumeMounts": builders.reward_runtime_mounts(),
+    }
+    assert {"reward-socket", "reward-home"} <= {v["name"] for v in override["volumes"]}
+    env = {e["name"]: e.get("value") for e in tj["spec"]["trainer"]["env"]}
+    assert env["TIDETUNE_REWARD_SOCKET"]
+    plain = TrainJobLauncher().build(_rl_job([{"preset": "exact-match"}]), config, None, 1, False)
+    assert plain["spec"]["runtimeRef"]["name"] == TrainJobLauncher.runtime
+    assert "initContainers" not in plain["spec"]["podTemplateOverrides"][0]["spec"]
+
+
+def test_the_installs_trainer_env_stays_out_of_the_reward_runtime(config: OperatorConfig) -> None:
+    extra = config.model_copy(update={"trainer_env": {"HF_TOKEN_PATH": "/x", "NCCL_DEBUG": "WARN"}})
+    pod = _pod(PyTorchJobLauncher().build(_rl_job([FN]), extra, None, 1, False))
+    assert pod["initContainers"][0]["env"] == builders.reward_runtime_env()
+    assert {"HF_TOKEN_PATH", "NCCL_DEBUG"} <= {e["name"] for e in pod["containers"][0]["env"]}

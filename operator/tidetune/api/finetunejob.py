@@ -566,6 +566,20 @@ class RewardRuntime(ApiModel):
         alias="memoryMiB",
         description="Address-space limit of one call of a function, in MiB.",
     )
+    cpu: Quantity | None = Field(
+        None,
+        description=(
+            "CPU of the reward runtime container on a cluster (request and limit, e.g. "
+            '"2"); default one core per trainer process of the node (gpusPerNode, or 1).'
+        ),
+    )
+    memory: Quantity | None = Field(
+        None,
+        description=(
+            "Memory of the reward runtime container on a cluster (request and limit, e.g. "
+            "4Gi); default memoryMiB per trainer process of the node plus 256Mi."
+        ),
+    )
 
 
 class RlConfig(ApiModel):

@@ -22,6 +22,15 @@ class TrainJobLauncher(KubeflowKind):
     Built against the ``torch-distributed`` ClusterTrainingRuntime; this is the path for
     Kueue, which deprecated its PyTorchJob integration. Not exercised by the lab (it
     stands in for the v1 training operator only); its builder is unit-tested.
+
+    A job with custom reward functions needs the ``reward-runtime`` sidecar, and a
+    TrainJob's ``podTemplateOverrides`` cannot add a container (only set the env and
+    mounts of the runtime's own): such jobs reference :attr:`reward_runtime` instead, a
+    ClusterTrainingRuntime that the cluster's admin derives from ``torch-distributed``
+    with the sidecar (:func:`tidetune_operator.builders.reward_runtime_container`) as an
+    init container; the overrides give it its environment and mounts. Its image and
+    resources are the runtime's: ``rl.rewardRuntime.image``, ``cpu`` and ``memory`` are
+    applied by the PyTorchJob launcher only.
     """
 
     kind = "TrainJob"
@@ -29,6 +38,8 @@ class TrainJobLauncher(KubeflowKind):
     version = "v1alpha1"
     plural = "trainjobs"
     runtime = "torch-distributed"
+    #: the runtime of jobs with custom reward functions (see the class doc)
+    reward_runtime = "torch-distributed-tidetune-rewards"
     CONDITIONS = (
         ("Complete", LauncherPhase.SUCCEEDED),
         ("Failed", LauncherPhase.FAILED),
@@ -50,8 +61,17 @@ class TrainJobLauncher(KubeflowKind):
         container = template["spec"]["containers"][0]
         labels = builders.launcher_labels(job, attempt)
         pod_spec = {
-            k: v for k, v in template["spec"].items() if k not in ("containers", "restartPolicy")
+            k: v
+            for k, v in template["spec"].items()
+            if k not in ("containers", "restartPolicy", "initContainers")
         }
+        if template["spec"].get("initContainers"):
+            # the runtime defines the sidecar; these set its environment and mounts
+            pod_spec["initContainers"] = [
+                {"name": c["name"], "env": c["env"], "volumeMounts": c["volumeMounts"]}
+                for c in template["spec"]["initContainers"]
+            ]
+        runtime = self.reward_runtime if builders.has_custom_rewards(job) else self.runtime
         return {
             "apiVersion": self.api_version,
             "kind": self.kind,
@@ -66,7 +86,7 @@ class TrainJobLauncher(KubeflowKind):
                 "runtimeRef": {
                     "apiGroup": self.group,
                     "kind": "ClusterTrainingRuntime",
-                    "name": self.runtime,
+                    "name": runtime,
                 },
                 "trainer": {
                     "image": container["image"],

@@ -32,18 +32,29 @@ What the user's code gets, and does not (the *limits* of the sandbox):
 
 What it does not do: it is not a container. The user's code can read world-readable
 files of the node's filesystem (the trainer image, the model cache if world-readable)
-and use the CPU/memory limits given. On a cluster, run the reward runtime as its own
-container (see the README) to get a separate filesystem and cgroup.
+and use the CPU/memory limits given.
+
+**The reward runtime container.** When ``TIDETUNE_REWARD_SOCKET`` names a Unix socket
+(the operator sets it on the trainer container of a job with custom rules), the host is
+not started here: the trainer connects to the ``reward-runtime`` sidecar of its pod,
+which runs ``sandbox_host --listen`` from ``rl.rewardRuntime.image`` with its own
+filesystem, its own cgroup (CPU/memory limits), its own user, no Secret in its
+environment, no ServiceAccount token and no view of the trainer's processes. The
+protocol, the per-call limits and the checks of the output are the same; a host that
+stops answering is disconnected (its calls die at their wall-clock limit) and the next
+call connects again.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import pwd
 import select
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -54,6 +65,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tidetune.layout import REWARD_SOCKET_ENV
 from tidetune_trainer.rl.rewards import RewardError, check_scores
 
 log = logging.getLogger(__name__)
@@ -122,7 +134,10 @@ class Sandbox:
     functions: list[UserFunction]
     limits: Limits
     python: str = sys.executable
+    #: the reward runtime container's socket; None: start the host as a child
+    socket_path: str | None = None
     proc: subprocess.Popen[bytes] | None = None
+    conn: socket.socket | None = None
     info: dict[str, Any] = field(default_factory=dict)
     _home: str | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -133,11 +148,23 @@ class Sandbox:
 
     @classmethod
     def start(
-        cls, functions: Sequence[UserFunction], limits: Limits = Limits(), python: str | None = None
+        cls,
+        functions: Sequence[UserFunction],
+        limits: Limits = Limits(),
+        python: str | None = None,
+        socket_path: str | None = None,
     ) -> Sandbox:
-        sb = cls(list(functions), limits, python or sys.executable)
+        """Start the host (or connect to the reward runtime container: ``socket_path``,
+        default ``$TIDETUNE_REWARD_SOCKET``) and load the functions."""
+        where = socket_path or os.environ.get(REWARD_SOCKET_ENV) or None
+        sb = cls(list(functions), limits, python or sys.executable, where)
         sb._spawn()
         return sb
+
+    @property
+    def runtime(self) -> str:
+        """``container`` (the reward runtime sidecar) or ``process`` (a child)."""
+        return "container" if self.socket_path else "process"
 
     @property
     def network(self) -> str:
@@ -148,8 +175,49 @@ class Sandbox:
     def user(self) -> int:
         return int(self.info.get("uid", -1))
 
+    def _alive(self) -> bool:
+        if self.socket_path:
+            return self.conn is not None
+        return self.proc is not None and self.proc.poll() is None
+
+    def _connect(self) -> None:
+        """Connect to the reward runtime container, waiting for it while it starts."""
+        assert self.socket_path is not None
+        deadline = time.monotonic() + START_SECONDS
+        while True:
+            conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                conn.connect(self.socket_path)
+            except OSError as e:
+                conn.close()
+                if time.monotonic() >= deadline:
+                    raise RewardError(
+                        f"the reward runtime container does not answer at {self.socket_path} "
+                        f"({e.strerror or e}) after {START_SECONDS:g} s; see the logs of the "
+                        "pod's reward-runtime container"
+                    ) from None
+                time.sleep(0.2)
+                continue
+            self.conn = conn
+            return
+
     def _spawn(self) -> None:
         make_non_dumpable()
+        if self.socket_path:
+            self._connect()
+            # the container decides its user and folder; these are for the child mode
+            self._send(
+                {
+                    "uid": -1,
+                    "gid": -1,
+                    "cwd": None,
+                    "network_isolation": self.limits.network_isolation,
+                    "limits": self._limits(),
+                    "rules": self._rules(),
+                }
+            )
+            self._ready()
+            return
         root = os.geteuid() == 0
         uid, gid = _nobody() if root else (-1, -1)
         self._home = tempfile.mkdtemp(prefix="tidetune-reward-")
@@ -181,23 +249,32 @@ class Sandbox:
             "gid": gid,
             "cwd": self._home,
             "network_isolation": self.limits.network_isolation,
-            "limits": {
-                "timeout": self.limits.timeout_seconds,
-                "memory_mb": self.limits.memory_mb,
-                "nproc": CALL_NPROC,
-            },
-            "rules": [
-                {
-                    "name": f.name,
-                    "filename": f.filename,
-                    "source": f.source,
-                    "entrypoint": f.entrypoint,
-                    "requirements": list(f.requirements),
-                }
-                for f in self.functions
-            ],
+            "limits": self._limits(),
+            "rules": self._rules(),
         }
         self._send(setup)
+        self._ready()
+
+    def _limits(self) -> dict[str, Any]:
+        return {
+            "timeout": self.limits.timeout_seconds,
+            "memory_mb": self.limits.memory_mb,
+            "nproc": CALL_NPROC,
+        }
+
+    def _rules(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "name": f.name,
+                "filename": f.filename,
+                "source": f.source,
+                "entrypoint": f.entrypoint,
+                "requirements": list(f.requirements),
+            }
+            for f in self.functions
+        ]
+
+    def _ready(self) -> None:
         ready = self._receive(START_SECONDS, "loading the reward functions")
         self.info = ready
         if not ready.get("ready"):
@@ -205,20 +282,32 @@ class Sandbox:
             self.close()
             raise RewardError("\n".join(problems))
         log.info(
-            "reward sandbox: uid %s, network %s, %d function(s)",
+            "reward sandbox: %s, uid %s, network %s, %d function(s)",
+            f"the reward runtime container at {self.socket_path}"
+            if self.socket_path
+            else "a child process",
             self.info.get("uid"),
             self.network,
             len(self.functions),
         )
 
     def _send(self, obj: Any) -> None:
+        data = json.dumps(obj).encode() + b"\n"
+        if self.socket_path:
+            assert self.conn is not None
+            self.conn.sendall(data)
+            return
         assert self.proc is not None and self.proc.stdin is not None
-        self.proc.stdin.write(json.dumps(obj).encode() + b"\n")
+        self.proc.stdin.write(data)
         self.proc.stdin.flush()
 
     def _receive(self, timeout: float, what: str) -> dict[str, Any]:
-        assert self.proc is not None and self.proc.stdout is not None
-        fd = self.proc.stdout.fileno()
+        if self.socket_path:
+            assert self.conn is not None
+            fd = self.conn.fileno()
+        else:
+            assert self.proc is not None and self.proc.stdout is not None
+            fd = self.proc.stdout.fileno()
         deadline = time.monotonic() + timeout
         while b"\n" not in self._buf:
             left = deadline - time.monotonic()
@@ -230,9 +319,17 @@ class Sandbox:
             ready, _, _ = select.select([fd], [], [], left)
             if not ready:
                 continue
-            chunk = os.read(fd, 1 << 20)
+            try:
+                chunk = os.read(fd, 1 << 20)
+            except OSError:  # a reset connection
+                chunk = b""
             if not chunk:
-                code = self.proc.poll()
+                if self.socket_path:
+                    self._kill()
+                    raise RewardError(
+                        f"the reward runtime container closed the connection ({what})"
+                    )
+                code = self.proc.poll() if self.proc is not None else None
                 self._kill()
                 raise RewardError(f"the reward sandbox exited ({what}; status {code})")
             self._buf += chunk
@@ -241,6 +338,13 @@ class Sandbox:
         return reply
 
     def _kill(self) -> None:
+        """Stop the host: kill the child, or drop the connection to the container (its
+        handler ends; a call in flight dies at its wall-clock limit)."""
+        if self.conn is not None:
+            with contextlib.suppress(OSError):
+                self.conn.close()
+            self.conn = None
+            self._buf = b""
         if self.proc is not None and self.proc.poll() is None:
             try:
                 os.killpg(self.proc.pid, 9)
@@ -259,7 +363,7 @@ class Sandbox:
         :class:`RewardError` naming the rule for errors, timeouts and bad output."""
         f = self.functions[index]
         with self._lock:
-            if self.proc is None or self.proc.poll() is not None:
+            if not self._alive():
                 self._buf = b""
                 self._spawn()
             payload = {
@@ -313,6 +417,8 @@ class Sandbox:
         return score
 
     def close(self) -> None:
+        if self.conn is not None:
+            self._kill()
         if self.proc is not None:
             if self.proc.poll() is None and self.proc.stdin is not None:
                 try:

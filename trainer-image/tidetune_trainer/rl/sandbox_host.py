@@ -1,10 +1,21 @@
 """The reward sandbox's host process: runs users' reward functions, one call at a time.
 
-Started by :mod:`tidetune_trainer.rl.sandbox` as ``python -I sandbox_host.py`` with an
-empty environment; it imports nothing of TideTune (standard library only) so that it
+Two ways to run it; it imports nothing of TideTune (standard library only) so that it
 can run from any Python that has the functions' own requirements (the reward runtime
-image). Protocol: JSON lines; the first line on stdin is the setup, each later line a
-call; one reply line on the protocol pipe for each.
+image):
+
+- **a child of the trainer** (``tidetune run``, a pod without the reward container):
+  :mod:`tidetune_trainer.rl.sandbox` starts ``python -I sandbox_host.py`` with an empty
+  environment and speaks over its stdin/stdout;
+- **its own container** (on a cluster: the ``reward-runtime`` sidecar of the trainer
+  pod): ``python -I -m tidetune_trainer.rl.sandbox_host --listen SOCKET`` listens on a
+  Unix socket in a folder the pod shares with the trainer (an ``emptyDir``); each
+  connection (one per trainer rank) gets a forked handler with a fresh working folder
+  under ``--home``. The handler decides who the code runs as (``nobody`` when the
+  container is root, else the container's user) — the trainer's setup cannot change it.
+
+Protocol: JSON lines; the first line is the setup, each later line a call; one reply
+line for each.
 
 Order of events (the privileged steps first, user code last):
 
@@ -25,6 +36,7 @@ Order of events (the privileged steps first, user code last):
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import ctypes
 import ctypes.util
@@ -33,14 +45,18 @@ import json
 import linecache
 import math
 import os
+import pwd
 import resource
 import select
+import shutil
 import signal
+import socket
 import sys
+import tempfile
 import time
 import traceback
 import types
-from typing import Any
+from typing import IO, Any
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWUSER = 0x10000000
@@ -233,6 +249,13 @@ def _child(
     os.setsid()
     os.dup2(log_fd, 1)
     os.dup2(log_fd, 2)
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    # nothing else of the host stays open in user code: not the protocol (a pipe or the
+    # trainer's socket), not the listening socket; only this call's answer pipe
+    keep = max(out_fd, 2) + 1
+    os.closerange(3, out_fd)
+    os.closerange(keep, 1 << 16)
     _limit(resource.RLIMIT_CORE, 0)
     _limit(resource.RLIMIT_AS, int(limits["memory_mb"]) * 1024 * 1024)
     cpu = max(1, math.ceil(float(limits["timeout"])))
@@ -392,12 +415,25 @@ def run_call(
     return {**base, **reply}
 
 
-def main() -> int:
-    proto = os.fdopen(os.dup(1), "w", buffering=1)
+def serve(rfile: IO[str], proto: IO[str], *, home: str | None = None) -> int:
+    """Read the setup, load the functions, answer calls until ``rfile`` ends.
+
+    ``home`` (the socket mode): this process chooses the user (``nobody`` when it is
+    root) and works in ``home``; the setup's ``uid``, ``gid`` and ``cwd`` are ignored."""
     _libc().prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER: a call's orphans are ours
-    setup = json.loads(sys.stdin.readline())
-    info = isolate(bool(setup.get("network_isolation", True)), int(setup["uid"]), int(setup["gid"]))
-    os.chdir(setup.get("cwd") or "/")
+    line = rfile.readline()
+    if not line.strip():
+        return 0
+    setup = json.loads(line)
+    if home is not None:
+        uid, gid = _nobody() if os.geteuid() == 0 else (-1, -1)
+        cwd = home
+    else:
+        uid, gid, cwd = int(setup["uid"]), int(setup["gid"]), setup.get("cwd") or "/"
+    info = isolate(bool(setup.get("network_isolation", True)), uid, gid)
+    if home is not None:
+        info["runtime"] = "container"
+    os.chdir(cwd)
     # user code never writes into the protocol: its prints go to a log pipe per call
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 1)
@@ -433,9 +469,10 @@ def main() -> int:
             )
             fns.append(None)
     proto.write(json.dumps({"ready": not problems, "problems": problems, **info}) + "\n")
+    proto.flush()
     if problems:
         return 0
-    for line in sys.stdin:
+    for line in rfile:
         if not line.strip():
             continue
         call = json.loads(line)
@@ -447,7 +484,122 @@ def main() -> int:
                 "error": f"the sandbox could not run the call: {os.strerror(e.errno or errno.EIO)}"
             }
         proto.write(json.dumps(reply) + "\n")
+        proto.flush()
     return 0
+
+
+def _nobody() -> tuple[int, int]:
+    try:
+        pw = pwd.getpwnam("nobody")
+        return pw.pw_uid, pw.pw_gid
+    except KeyError:  # pragma: no cover - a minimal image without the user
+        return 65534, 65534
+
+
+def _handle(conn: socket.socket, home: str) -> int:
+    """One trainer connection, in its own forked process (see :func:`serve`)."""
+    rfile = conn.makefile("r", encoding="utf-8", newline="\n")
+    proto = conn.makefile("w", encoding="utf-8", newline="\n")
+    try:
+        return serve(rfile, proto, home=home)
+    except (BrokenPipeError, ConnectionError):
+        return 0  # the trainer went away: so do we
+
+
+def listen(path: str, home: str, *, mode: int = 0o666) -> int:
+    """The reward runtime container: serve each connection to the Unix socket ``path``
+    in a forked handler, until SIGTERM (then the handlers and their calls are killed and
+    the socket removed)."""
+    _libc().prctl(36, 1, 0, 0, 0)  # orphans of handlers come here to be reaped
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    os.makedirs(home, exist_ok=True)
+    if os.path.exists(path) or os.path.islink(path):
+        os.unlink(path)
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(path)
+    # only the pod's containers mount the folder; the trainer runs as another user
+    os.chmod(path, mode)
+    server.listen(64)
+    stopping: list[int] = []
+
+    def stop(signum: int, _frame: Any) -> None:
+        stopping.append(signum)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    handlers: dict[int, str] = {}  # pid -> its working folder
+    print(f"reward runtime: listening on {path}", file=sys.stderr, flush=True)
+    while not stopping:
+        try:
+            ready, _, _ = select.select([server], [], [], 0.5)
+        except InterruptedError:  # pragma: no cover - PEP 475 retries; kept for clarity
+            ready = []
+        _reap_handlers(handlers)
+        if not ready or stopping:
+            continue
+        try:
+            conn, _ = server.accept()
+        except OSError:
+            continue
+        work = tempfile.mkdtemp(prefix="conn-", dir=home)
+        if os.geteuid() == 0:
+            uid, gid = _nobody()
+            os.chown(work, uid, gid)
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the handler
+            code = 70
+            try:
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                signal.signal(signal.SIGINT, signal.SIG_DFL)
+                server.close()
+                code = _handle(conn, work)
+            finally:
+                os._exit(code)
+        conn.close()
+        handlers[pid] = work
+    for pid in list(handlers):
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while handlers and time.monotonic() < deadline:
+        _reap_handlers(handlers)
+        time.sleep(0.05)
+    server.close()
+    with contextlib.suppress(OSError):
+        os.unlink(path)
+    return 0
+
+
+def _reap_handlers(handlers: dict[int, str]) -> None:
+    """Wait for every exited child (handlers, and orphans that came here); remove the
+    working folder of each handler that ended."""
+    while True:
+        try:
+            pid, _status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        work = handlers.pop(pid, None)
+        if work is not None:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="sandbox_host", description="TideTune's reward sandbox host."
+    )
+    parser.add_argument("--listen", metavar="SOCKET", help="serve on this Unix socket")
+    parser.add_argument(
+        "--home",
+        default=os.environ.get("TMPDIR") or "/tmp",
+        help="where each connection's working folder is made (socket mode)",
+    )
+    args = parser.parse_args(argv)
+    if args.listen:
+        return listen(args.listen, args.home)
+    proto = os.fdopen(os.dup(1), "w", buffering=1)
+    return serve(sys.stdin, proto)
 
 
 if __name__ == "__main__":
