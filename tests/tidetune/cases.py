@@ -236,6 +236,18 @@ BAD: list[tuple[str, str, dict[str, Any], str]] = [
         "spec.rl.epsilonHigh",
     ),
     (
+        "resample-without-dapo",
+        GRPO,
+        {"spec.rl.maxResampleRounds": 2},
+        "spec.rl.maxResampleRounds",
+    ),
+    (
+        "resample-too-many",
+        GRPO,
+        {"spec.rl.lossType": "dapo", "spec.rl.maxResampleRounds": 65},
+        "spec.rl.maxResampleRounds",
+    ),
+    (
         "reward-runtime-cpu",
         GRPO,
         {"spec.rl.rewardRuntime": {"cpu": "lots"}},
@@ -356,6 +368,7 @@ GOOD: list[tuple[str, str, dict[str, Any]]] = [
         {
             "spec.rl.lossType": "dapo",
             "spec.rl.epsilonHigh": 0.28,
+            "spec.rl.maxResampleRounds": 8,
             "spec.rl.rewards": [
                 {
                     "preset": "numeric-match",

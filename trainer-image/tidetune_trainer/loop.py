@@ -16,7 +16,11 @@ Data order. Rows are permuted per epoch by a generator seeded with ``seed + epoc
 (never the global RNG); micro-batch ``m`` of an epoch gives rank ``r`` the rows
 ``order[(m·W + r)·B : (m·W + r + 1)·B]``. An epoch has ``ceil(rows / (B·W·GAS))`` steps;
 its order wraps around to fill the last step. The data position in a checkpoint is
-``(epoch, micro_index)``, so resuming skips straight to the next micro-batch.
+``(epoch, micro_index)``, so resuming skips straight to the next micro-batch. An RL
+objective may take more micro-batches than ``gradientAccumulationSteps`` in a step
+(dapo's dynamic sampling asks for the next ones while it lacks groups with a signal):
+they are the next ones in the same order, across the epoch's end, and the position
+advances past them.
 
 Stopping. A SIGTERM/SIGINT (see :class:`StopFlag`) or ``TIDETUNE_STOP_AT_STEP=N`` makes
 every rank agree (all-reduce) at the next step boundary to write a checkpoint and raise
@@ -318,30 +322,46 @@ class TrainingLoop:
         result = LoopResult(st)
         last_ckpt_step = st.step if st.step > 0 else -1
         log_loss, log_units = 0.0, 0.0
-        order_epoch, order = -1, []
+        orders: dict[int, list[int]] = {}
         t_start = time.monotonic() - st.elapsed_seconds
+
+        def take() -> list[Any]:
+            """This rank's rows of the next micro-batch; the data position advances."""
+            if st.micro_index >= self.order.micro_per_epoch:
+                st.epoch += 1
+                st.micro_index = 0
+            if st.epoch not in orders:
+                orders.clear()
+                orders[st.epoch] = self.order.epoch_order(st.epoch)
+            idx = self.order.micro_batch(orders[st.epoch], st.micro_index, engine.rank)
+            st.micro_index += 1
+            return [self.train_rows[i] for i in idx]
+
+        extra_tokens = [0]
+
+        def more() -> dict[str, torch.Tensor]:
+            """The next micro-batch, collated (for an RL objective's extra rounds)."""
+            rows = take()
+            extra_tokens[0] += sum(self.objective.row_tokens(r) for r in rows)
+            return self.objective.collate(rows)
+
         eval_loss: float | None = None
         while st.step < self.total_steps:
             # a stop requested before this step (e.g. while loading or checkpointing)
             if engine.any_rank(self.stop.requested):
                 self._preempt(last_ckpt_step)
             t0 = time.monotonic()
-            if st.micro_index >= self.order.micro_per_epoch:
-                st.epoch += 1
-                st.micro_index = 0
-            if order_epoch != st.epoch:
-                order, order_epoch = self.order.epoch_order(st.epoch), st.epoch
             batches = []
             tokens = 0
-            for j in range(gas):
-                idx = self.order.micro_batch(order, st.micro_index + j, engine.rank)
-                rows = [self.train_rows[i] for i in idx]
+            for _j in range(gas):
+                rows = take()
                 tokens += sum(self.objective.row_tokens(r) for r in rows)
                 batches.append(self.objective.collate(rows))
             rollout = getattr(self.objective, "rollout", None)
             if rollout is not None:  # RL: sample and score with the current policy first
-                batches = rollout(engine, batches, st.step)
-                tokens += int(getattr(self.objective, "rollout_tokens", 0))
+                extra_tokens[0] = 0
+                batches = rollout(engine, batches, st.step, more=more)
+                tokens += extra_tokens[0] + int(getattr(self.objective, "rollout_tokens", 0))
             local_units = sum(self.objective.units(b) for b in batches)
             (units,) = engine.all_reduce_sum([local_units])
             if units <= 0:
@@ -365,7 +385,6 @@ class TrainingLoop:
             if self.step_delay:
                 time.sleep(self.step_delay)  # test facility (see the module doc)
             st.step += 1
-            st.micro_index += gas
             stop_here = self.stop_at_step is not None and st.step == self.stop_at_step
             keys = sorted(extras)
             skeys = sorted(stats)

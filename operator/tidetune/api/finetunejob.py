@@ -592,6 +592,11 @@ class RlConfig(ApiModel):
                 "epsilonHigh must be at least epsilon",
                 ".epsilonHigh",
             ),
+            rule(
+                "!has(self.maxResampleRounds) || (has(self.lossType) && self.lossType == 'dapo')",
+                "maxResampleRounds applies to lossType dapo only",
+                ".maxResampleRounds",
+            ),
         )
     )
 
@@ -646,6 +651,18 @@ class RlConfig(ApiModel):
             "linearly (0 → -1); default a quarter of maxCompletionLength."
         ),
     )
+    max_resample_rounds: int | None = Field(
+        None,
+        ge=0,
+        le=64,
+        description=(
+            "dapo: dynamic sampling. Groups whose rewards all agree carry no signal and are "
+            "left out; to replace them the step samples batchSize more prompts per process "
+            "(the next ones in the data order), up to this many extra rounds, until it has "
+            "as many groups with a signal as it has prompts. At the cap it trains on the "
+            "groups it has (metric unfilledGroups). 0 only leaves them out. Default 4."
+        ),
+    )
     gamma: float = Field(1.0, ge=0, le=1, description="ppo: discount factor.")
     gae_lambda: float = Field(0.95, ge=0, le=1, alias="lambda", description="ppo: GAE lambda.")
     value_coef: float = Field(0.1, gt=0, le=10, description="ppo: weight of the value loss.")
@@ -667,6 +684,8 @@ class RlConfig(ApiModel):
     def _check(self) -> Self:
         if self.epsilon_high is not None and self.epsilon_high < self.epsilon:
             fail("epsilonHigh", "epsilonHigh must be at least epsilon")
+        if self.max_resample_rounds is not None and self.loss_type is not RlLossType.DAPO:
+            fail("maxResampleRounds", "maxResampleRounds applies to lossType dapo only")
         return self
 
 

@@ -136,6 +136,72 @@ def test_dapo_full_tuning(tmp_path: Path, arithmetic: Path) -> None:
     assert len(lines) == 3 and "zeroStdFraction" in lines[0] and "kl" not in lines[0]
 
 
+#: a reward constant for a third of the prompts (level 0): their groups carry no signal
+DAPO_SOURCE = (
+    "import zlib\n"
+    "def score(prompts, completions, **columns):\n"
+    "    return [0.0 if level == 0 else (zlib.crc32(c.encode()) % 97) / 97\n"
+    "            for c, level in zip(completions, columns['level'])]\n"
+)
+DYNAMIC = ("loss", "reward", "droppedGroups", "resampledGroups", "resampleRounds", "unfilledGroups")
+
+
+def test_dapo_dynamic_sampling_fills_the_batch_and_resumes_exactly(
+    tmp_path: Path, arithmetic: Path
+) -> None:
+    """Groups without a signal are replaced from the next prompts; the data position
+    that resampling advances is in the checkpoint, so a run stopped at step 3 and
+    resumed samples the same prompts as an uninterrupted one."""
+    fn = {"configMapRef": {"name": "r", "key": "reward.py"}, "entrypoint": "score"}
+    job, env = rl_job(
+        tmp_path,
+        arithmetic,
+        rl={"lossType": "dapo", "beta": 0.0, "rewards": [{"function": fn, "weight": 1.0}]},
+        hyperparameters={"maxSteps": 5, "gradientAccumulationSteps": 2},
+        checkpointing={"everySteps": 2, "keep": 3},
+    )
+    (tmp_path / "sources" / "r" / "reward.py").write_text(DAPO_SOURCE)
+    full = run_trainer(job, tmp_path / "full", env=env)
+    assert full.returncode == 0, explain(full)
+    lines = [m for m in metrics(tmp_path / "full") if "loss" in m]
+    assert len(lines) == 5
+    assert sum(m["droppedGroups"] for m in lines) > 0
+    assert sum(m["resampledGroups"] for m in lines) > 0
+    assert all(m["unfilledGroups"] == 0 for m in lines)  # every step filled up
+    assert all(m["resampleRounds"] <= 4 for m in lines)
+    # a resampled step took more micro-batches than its own two: the data moved on
+    assert any(m["resampleRounds"] > 0 for m in lines)
+
+    first = run_trainer(job, tmp_path / "int", env={**env, "TIDETUNE_STOP_AT_STEP": "3"})
+    assert first.returncode == exitcodes.PREEMPTED, explain(first)
+    second = run_trainer(job, tmp_path / "int", env=env)
+    assert second.returncode == 0, explain(second)
+    assert "resumed from" in second.stderr
+    a = [tuple(m[k] for k in DYNAMIC) for m in metrics(tmp_path / "full") if "loss" in m]
+    b = [tuple(m[k] for k in DYNAMIC) for m in metrics(tmp_path / "int") if "loss" in m]
+    assert a == b  # exactly equal
+
+
+@pytest.mark.slow
+def test_dapo_dynamic_sampling_two_ranks_in_lock_step(tmp_path: Path, arithmetic: Path) -> None:
+    """Two ZeRO-2 ranks: a rank that has its groups keeps sampling while the other still
+    lacks some (both take the same micro-batches, so the data position stays one)."""
+    fn = {"configMapRef": {"name": "r", "key": "reward.py"}, "entrypoint": "score"}
+    job, env = rl_job(
+        tmp_path,
+        arithmetic,
+        rl={"lossType": "dapo", "beta": 0.0, "rewards": [{"function": fn, "weight": 1.0}]},
+        deepspeed={"zeroStage": 2},
+        hyperparameters={"maxSteps": 4},
+    )
+    (tmp_path / "sources" / "r" / "reward.py").write_text(DAPO_SOURCE)
+    proc = run_trainer(job, tmp_path / "run", nproc=2, env=env, timeout=600)
+    assert proc.returncode == 0, explain(proc)
+    lines = [m for m in metrics(tmp_path / "run") if "loss" in m]
+    assert len(lines) == 4 and sum(m["resampleRounds"] for m in lines) > 0
+    assert all(float(m["resampleRounds"]).is_integer() for m in lines)  # the same on both
+
+
 def test_ppo_lora_several_epochs(tmp_path: Path, arithmetic: Path) -> None:
     job, env = rl_job(
         tmp_path,

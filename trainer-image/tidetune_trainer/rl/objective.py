@@ -10,12 +10,25 @@ reference's log-probabilities, PPO's values and returns). The loop then runs
 ``epochsPerRollout`` optimizer updates on that rollout.
 
 GRPO: advantages are group-relative (reward − group mean, / group std except for
-dr_grpo); ``dapo`` also leaves groups whose rewards all agree out of the loss (their
-advantages are all 0: "dynamic sampling" without resampling, so the data order stays
-exact), clips asymmetrically (epsilonHigh, default 0.28) and adds the soft overlong
-penalty to the reward. PPO: a value head on the policy's last hidden state, per-token
-rewards ``−β·(log π_old − log π_ref)`` plus the score on the last token, GAE, whitened
-advantages, clipped policy and value losses.
+dr_grpo); ``dapo`` clips asymmetrically (epsilonHigh, default 0.28), adds the soft
+overlong penalty to the reward and samples dynamically (below). PPO: a value head on the
+policy's last hidden state, per-token rewards ``−β·(log π_old − log π_ref)`` plus the
+score on the last token, GAE, whitened advantages, clipped policy and value losses.
+
+Dynamic sampling (``dapo``, DAPO's §3.2). A group whose rewards all agree has zero
+advantages: it carries no signal and is left out of the loss. After the step's own
+micro-batches are sampled, while any rank has fewer groups with a signal than the step
+has prompts, every rank (in lock-step, as ZeRO-3 needs) takes the next micro-batch of
+prompts in the data order (the loop's ``more``: the data position advances, so a
+checkpoint records it and a resumed run takes the same prompts) and samples it, seeded
+like the others by ``(seed, step, rank, round)``; at most ``maxResampleRounds`` extra
+rounds. The step then trains on the first groups with a signal, in sampling order,
+re-batched into its ``gradientAccumulationSteps`` micro-batches of ``batchSize``
+prompts; at the cap, groups without a signal fill the rest (left out of the loss, as
+before: ``unfilledGroups``). The log-probabilities the loss needs are computed on the
+final micro-batches. Metrics: ``droppedGroups`` (groups without a signal sampled in the
+step), ``resampledGroups`` (groups sampled in extra rounds), ``resampleRounds`` and
+``unfilledGroups`` — totals over ranks.
 """
 
 from __future__ import annotations
@@ -55,6 +68,8 @@ class RLSettings:
     value_clip: float = 0.2
     sample_every_steps: int = 10
     seed: int = 42
+    #: dapo's dynamic sampling: extra rounds per step (None: the default, 4)
+    max_resample_rounds: int | None = None
 
     @classmethod
     def from_spec(cls, spec: Any) -> RLSettings:
@@ -75,6 +90,7 @@ class RLSettings:
             value_coef=rl.value_coef,
             sample_every_steps=rl.sample_every_steps,
             seed=spec.hyperparameters.seed,
+            max_resample_rounds=rl.max_resample_rounds,
         )
 
     @property
@@ -93,6 +109,23 @@ class RLSettings:
     @property
     def effective_loss(self) -> str:
         return "ppo" if self.method == "ppo" else self.loss_type
+
+    @property
+    def dynamic_sampling(self) -> bool:
+        return self.method == "grpo" and self.loss_type == "dapo"
+
+    @property
+    def resample_rounds(self) -> int:
+        """Extra sampling rounds a step may take (0 unless dapo)."""
+        if not self.dynamic_sampling:
+            return 0
+        if self.max_resample_rounds is None:
+            return DEFAULT_RESAMPLE_ROUNDS
+        return self.max_resample_rounds
+
+
+#: ``rl.maxResampleRounds`` when unset
+DEFAULT_RESAMPLE_ROUNDS = 4
 
 
 def step_generator(
@@ -192,6 +225,76 @@ class Samples:
     lines: list[dict[str, Any]] = field(default_factory=list)
 
 
+@dataclass
+class Sampled:
+    """One micro-batch's sampled groups (``groups × g`` rows, a group's rows adjacent):
+    left-padded prompts, right-padded completions, rewards, lengths, advantages and
+    ``keep`` (0 for a group without a signal under dapo)."""
+
+    prompt_ids: torch.Tensor
+    prompt_mask: torch.Tensor
+    completion_ids: torch.Tensor
+    completion_mask: torch.Tensor
+    rewards: torch.Tensor
+    lengths: torch.Tensor
+    keep: torch.Tensor
+    advantages: torch.Tensor | None
+    g: int
+
+    @property
+    def groups(self) -> int:
+        return int(self.keep.shape[0]) // self.g
+
+    @property
+    def signal_groups(self) -> int:
+        return int(self.keep.view(-1, self.g)[:, 0].sum())
+
+
+def regroup(sampled: Sequence[Sampled], sizes: Sequence[int], pad_id: int, g: int) -> list[Sampled]:
+    """The step's micro-batches (``sizes`` groups each) from every sampled group: the
+    groups with a signal first, in sampling order, then (at the resampling cap) groups
+    without one. Prompts are left-padded and completions right-padded again."""
+    order = [(x, k) for x in sampled for k in range(x.groups) if x.keep[k * g] > 0]
+    order += [(x, k) for x in sampled for k in range(x.groups) if not x.keep[k * g] > 0]
+    out: list[Sampled] = []
+    pos = 0
+    for size in sizes:
+        chosen = order[pos : pos + size]
+        pos += size
+        rows = [(x, k * g + i) for x, k in chosen for i in range(g)]
+        prompts = [x.prompt_ids[r][x.prompt_mask[r].bool()].tolist() for x, r in rows]
+        p_ids, p_mask = left_pad(prompts, pad_id)
+        width = max(x.completion_ids.shape[1] for x, _ in rows)
+        device = rows[0][0].completion_ids.device
+        comp = torch.full((len(rows), width), pad_id, dtype=torch.long, device=device)
+        c_mask = torch.zeros(
+            (len(rows), width), dtype=rows[0][0].completion_mask.dtype, device=device
+        )
+        for i, (x, r) in enumerate(rows):
+            w = x.completion_ids.shape[1]
+            comp[i, :w] = x.completion_ids[r]
+            c_mask[i, :w] = x.completion_mask[r]
+        adv = (
+            None
+            if rows[0][0].advantages is None
+            else torch.stack([x.advantages[r] for x, r in rows])  # type: ignore[index]
+        )
+        out.append(
+            Sampled(
+                p_ids.to(device),
+                p_mask.to(device),
+                comp,
+                c_mask,
+                torch.stack([x.rewards[r] for x, r in rows]),
+                torch.stack([x.lengths[r] for x, r in rows]),
+                torch.stack([x.keep[r] for x, r in rows]),
+                adv,
+                g,
+            )
+        )
+    return out
+
+
 class RLObjective:
     """GRPO / DAPO / Dr. GRPO / PPO for the shared loop (see the module doc)."""
 
@@ -214,6 +317,7 @@ class RLObjective:
         self.value_head = value_head
         self.updates_per_step = settings.updates
         self.rollout_tokens = 0
+        self._reward_seconds = 0.0
         self._rows: list[RlPrompt] = []
         self._stats: dict[str, list[float]] = {}
         self.samples: list[dict[str, Any]] = []
@@ -276,120 +380,53 @@ class RLObjective:
         return lp
 
     def rollout(
-        self, engine: Any, batches: list[dict[str, torch.Tensor]], step: int
+        self,
+        engine: Any,
+        batches: list[dict[str, torch.Tensor]],
+        step: int,
+        more: Callable[[], dict[str, torch.Tensor]] | None = None,
     ) -> list[dict[str, torch.Tensor]]:
-        """Generate, score and prepare every micro-batch of a step (see the module doc)."""
+        """Generate, score and prepare every micro-batch of a step (see the module doc).
+        ``more`` gives the next micro-batch of prompts in the data order (dapo's dynamic
+        sampling)."""
         t0 = time.monotonic()
-        s, g = self.s, self.s.num_generations
-        out: list[dict[str, torch.Tensor]] = []
+        s = self.s
         engine.train_mode(False)
-        model = engine.unwrapped()
-        h: torch.Tensor | None = None
-        device = engine.device
-        reward_seconds = 0.0
         sharded = bool(getattr(engine, "deepspeed", False)) and engine.cfg.zero_stage == 3
         sync = engine.any_rank if sharded and engine.world_size > 1 else None
         #: completion tokens sampled in this step (the loop adds them to trained tokens)
         self.rollout_tokens = 0
+        self._reward_seconds = 0.0
+        world = float(getattr(engine, "world_size", 1) or 1)
         try:
-            for j, batch in enumerate(batches):
-                rows = [self._rows[int(i)] for i in batch["row_ids"]]
-                p_ids = batch["prompt_ids"].repeat_interleave(g, dim=0).to(device)
-                p_mask = batch["prompt_mask"].repeat_interleave(g, dim=0).to(device)
-                gen = step_generator(s.seed, step, engine.rank, j, device)
-                with engine.forward_context():
-                    comp, c_mask = generate(
-                        model,
-                        p_ids,
-                        p_mask,
-                        max_new_tokens=s.max_completion_length,
-                        temperature=s.temperature,
-                        stop_ids=self.stop_ids,
-                        pad_id=self.pad_id,
-                        generator=gen,
-                        any_rank=sync,
-                    )
-                texts = self.tokenizer.batch_decode(
-                    [c[m.bool()].tolist() for c, m in zip(comp.cpu(), c_mask.cpu(), strict=True)],
-                    skip_special_tokens=True,
-                )
-                prompts = [r.text for r in rows for _ in range(g)]
-                keys = sorted({k for r in rows for k in r.columns})
-                columns = {k: [r.columns.get(k) for r in rows for _ in range(g)] for k in keys}
-                tr = time.monotonic()
-                per_rule, totals = self.rewards.score(prompts, texts, columns)
-                reward_seconds += time.monotonic() - tr
-                rewards = torch.tensor(totals, dtype=torch.float32, device=device)
-                lengths = c_mask.sum(-1)
-                self.rollout_tokens += int(lengths.sum())
-                if s.loss_type == "dapo" and s.method == "grpo":
-                    buf = s.overlong_buffer or max(1, s.max_completion_length // 4)
-                    rewards = rewards + A.overlong_penalty(lengths, s.max_completion_length, buf)
-                ids = torch.cat([p_ids, comp], dim=1)
-                attn = torch.cat([p_mask, c_mask], dim=1)
-                c = comp.shape[1]
-                new: dict[str, torch.Tensor] = {
-                    "input_ids": ids,
-                    "attention_mask": attn,
-                    "completion_mask": c_mask.float(),
-                }
-                with torch.no_grad(), engine.forward_context():
-                    need_old = self.updates_per_step > 1 or s.method == "ppo"
-                    if need_old:
-                        old, _, h = A.completion_logps(
-                            model, ids, attn, c, s.temperature, hidden=s.method == "ppo"
-                        )
-                        new["old_logps"] = old.float()
-                    if s.beta != 0.0 or s.method == "ppo":
-                        new["ref_logps"] = self._reference_logps(engine, ids, attn, c).float()
-                keep = torch.ones(ids.shape[0], device=device)
-                if s.method == "ppo":
-                    assert self.value_head is not None and h is not None
-                    with torch.no_grad():
-                        values = self.value_head(h.to(self._value_dtype())).squeeze(-1).float()
-                    values = values * new["completion_mask"]
-                    kl = new["old_logps"] - new["ref_logps"]
-                    token_rewards = -s.beta * kl * new["completion_mask"]
-                    last = (lengths - 1).clamp(min=0)
-                    token_rewards[torch.arange(len(last)), last] += rewards
-                    adv, returns = A.gae(
-                        token_rewards, values, new["completion_mask"], s.gamma, s.gae_lambda
-                    )
-                    new["advantages"] = A.whiten(adv, new["completion_mask"])
-                    new["returns"] = returns
-                    new["old_values"] = values
-                else:
-                    adv, std = A.group_advantages(rewards, g, scale=s.loss_type != "dr_grpo")
-                    new["advantages"] = adv
-                    zero = (std < 1e-6).float().repeat_interleave(g)
-                    self._add("zeroStdFraction", float(zero.sum()), float(len(zero)))
-                    if s.loss_type == "dapo":
-                        keep = 1.0 - zero
-                new["keep"] = keep
-                out.append({k: v.detach() for k, v in new.items()})
-                # metrics (sums and counts; the loop averages over ranks)
-                n = len(totals)
-                self._add("reward", float(sum(totals)), n)
-                self._add("rewardSq", float(sum(x * x for x in totals)), n)
-                for i, sc in enumerate(per_rule):
-                    self._add(f"rewards/{i}", float(sum(sc)), n)
-                self._add("completionLength", float(lengths.sum()), n)
-                self._add(
-                    "truncatedFraction",
-                    float((c_mask[:, -1] > 0).sum()) if c == s.max_completion_length else 0.0,
-                    n,
-                )
-                if j == 0 and ((step + 1) % s.sample_every_steps == 0 or step == 0):
-                    for k in range(min(2 * g, n)):
-                        self.samples.append(
-                            {
-                                "step": step + 1,
-                                "prompt": prompts[k],
-                                "completion": texts[k],
-                                "reward": totals[k],
-                                "rewards": [sc[k] for sc in per_rule],
-                            }
-                        )
+            sampled = [
+                self._sample(engine, batch, step, j, sync) for j, batch in enumerate(batches)
+            ]
+            if s.dynamic_sampling:
+                sizes = [int(b["row_ids"].shape[0]) for b in batches]
+                target = sum(sizes)
+                signal = sum(x.signal_groups for x in sampled)
+                rounds = resampled = 0
+                while (
+                    more is not None
+                    and rounds < s.resample_rounds
+                    and engine.any_rank(signal < target)
+                ):
+                    extra = self._sample(engine, more(), step, len(batches) + rounds, sync)
+                    sampled.append(extra)
+                    signal += extra.signal_groups
+                    resampled += extra.groups
+                    rounds += 1
+                dropped = sum(x.groups - x.signal_groups for x in sampled)
+                if rounds:
+                    sampled = regroup(sampled, sizes, self.pad_id, s.num_generations)
+                unfilled = sum(x.groups - x.signal_groups for x in sampled)
+                # totals over ranks: each rank adds its share with a count of 1/world
+                self._add("droppedGroups", float(dropped), 1.0 / world)
+                self._add("resampledGroups", float(resampled), 1.0 / world)
+                self._add("unfilledGroups", float(unfilled), 1.0 / world)
+                self._add("resampleRounds", float(rounds), 1.0)
+            out = [self._prepare(engine, x) for x in sampled]
         finally:
             engine.train_mode(True)
             self._rows = []
@@ -397,8 +434,130 @@ class RLObjective:
             self.sample_sink(self.samples)
         self.samples = []
         self._add("rolloutSeconds", time.monotonic() - t0, 1.0)
-        self._add("rewardSeconds", reward_seconds, 1.0)
+        self._add("rewardSeconds", self._reward_seconds, 1.0)
         return out
+
+    def _sample(
+        self,
+        engine: Any,
+        batch: dict[str, torch.Tensor],
+        step: int,
+        j: int,
+        sync: Callable[[bool], bool] | None,
+    ) -> Sampled:
+        """Sample one micro-batch's groups and score them (round ``j`` of the step)."""
+        s, g = self.s, self.s.num_generations
+        device = engine.device
+        model = engine.unwrapped()
+        rows = [self._rows[int(i)] for i in batch["row_ids"]]
+        p_ids = batch["prompt_ids"].repeat_interleave(g, dim=0).to(device)
+        p_mask = batch["prompt_mask"].repeat_interleave(g, dim=0).to(device)
+        gen = step_generator(s.seed, step, engine.rank, j, device)
+        with engine.forward_context():
+            comp, c_mask = generate(
+                model,
+                p_ids,
+                p_mask,
+                max_new_tokens=s.max_completion_length,
+                temperature=s.temperature,
+                stop_ids=self.stop_ids,
+                pad_id=self.pad_id,
+                generator=gen,
+                any_rank=sync,
+            )
+        texts = self.tokenizer.batch_decode(
+            [c[m.bool()].tolist() for c, m in zip(comp.cpu(), c_mask.cpu(), strict=True)],
+            skip_special_tokens=True,
+        )
+        prompts = [r.text for r in rows for _ in range(g)]
+        keys = sorted({k for r in rows for k in r.columns})
+        columns = {k: [r.columns.get(k) for r in rows for _ in range(g)] for k in keys}
+        tr = time.monotonic()
+        per_rule, totals = self.rewards.score(prompts, texts, columns)
+        self._reward_seconds += time.monotonic() - tr
+        rewards = torch.tensor(totals, dtype=torch.float32, device=device)
+        lengths = c_mask.sum(-1)
+        self.rollout_tokens += int(lengths.sum())
+        if s.loss_type == "dapo" and s.method == "grpo":
+            buf = s.overlong_buffer or max(1, s.max_completion_length // 4)
+            rewards = rewards + A.overlong_penalty(lengths, s.max_completion_length, buf)
+        n = len(totals)
+        keep = torch.ones(n, device=device)
+        adv: torch.Tensor | None = None
+        if s.method != "ppo":
+            adv, std = A.group_advantages(rewards, g, scale=s.loss_type != "dr_grpo")
+            zero = (std < 1e-6).float().repeat_interleave(g)
+            self._add("zeroStdFraction", float(zero.sum()), float(len(zero)))
+            if s.loss_type == "dapo":
+                keep = 1.0 - zero
+        # metrics (sums and counts; the loop averages over ranks)
+        self._add("reward", float(sum(totals)), n)
+        self._add("rewardSq", float(sum(x * x for x in totals)), n)
+        for i, sc in enumerate(per_rule):
+            self._add(f"rewards/{i}", float(sum(sc)), n)
+        self._add("completionLength", float(lengths.sum()), n)
+        c = comp.shape[1]
+        self._add(
+            "truncatedFraction",
+            float((c_mask[:, -1] > 0).sum()) if c == s.max_completion_length else 0.0,
+            n,
+        )
+        if j == 0 and ((step + 1) % s.sample_every_steps == 0 or step == 0):
+            for k in range(min(2 * g, n)):
+                self.samples.append(
+                    {
+                        "step": step + 1,
+                        "prompt": prompts[k],
+                        "completion": texts[k],
+                        "reward": totals[k],
+                        "rewards": [sc[k] for sc in per_rule],
+                    }
+                )
+        return Sampled(p_ids, p_mask, comp, c_mask, rewards, lengths, keep, adv, g)
+
+    def _prepare(self, engine: Any, x: Sampled) -> dict[str, torch.Tensor]:
+        """What the loss needs of a final micro-batch: the sampling policy's and the
+        reference's log-probabilities, advantages (PPO: values, GAE, returns)."""
+        s = self.s
+        model = engine.unwrapped()
+        h: torch.Tensor | None = None
+        ids = torch.cat([x.prompt_ids, x.completion_ids], dim=1)
+        attn = torch.cat([x.prompt_mask, x.completion_mask], dim=1)
+        c = x.completion_ids.shape[1]
+        new: dict[str, torch.Tensor] = {
+            "input_ids": ids,
+            "attention_mask": attn,
+            "completion_mask": x.completion_mask.float(),
+        }
+        with torch.no_grad(), engine.forward_context():
+            need_old = self.updates_per_step > 1 or s.method == "ppo"
+            if need_old:
+                old, _, h = A.completion_logps(
+                    model, ids, attn, c, s.temperature, hidden=s.method == "ppo"
+                )
+                new["old_logps"] = old.float()
+            if s.beta != 0.0 or s.method == "ppo":
+                new["ref_logps"] = self._reference_logps(engine, ids, attn, c).float()
+        if s.method == "ppo":
+            assert self.value_head is not None and h is not None
+            with torch.no_grad():
+                values = self.value_head(h.to(self._value_dtype())).squeeze(-1).float()
+            values = values * new["completion_mask"]
+            kl = new["old_logps"] - new["ref_logps"]
+            token_rewards = -s.beta * kl * new["completion_mask"]
+            last = (x.lengths - 1).clamp(min=0)
+            token_rewards[torch.arange(len(last)), last] += x.rewards
+            adv, returns = A.gae(
+                token_rewards, values, new["completion_mask"], s.gamma, s.gae_lambda
+            )
+            new["advantages"] = A.whiten(adv, new["completion_mask"])
+            new["returns"] = returns
+            new["old_values"] = values
+        else:
+            assert x.advantages is not None
+            new["advantages"] = x.advantages
+        new["keep"] = x.keep
+        return {k: v.detach() for k, v in new.items()}
 
     def _value_dtype(self) -> torch.dtype:
         assert self.value_head is not None
