@@ -22,7 +22,7 @@ import yaml
 from tests.lab.controlplane import TOOLS, free_port, tool
 
 if TYPE_CHECKING:
-    from tests.lab.lab import Lab
+    from tests.lab.cluster import Lab
 
 __all__ = ["install_kubeflow", "install_kueue", "manifests"]
 

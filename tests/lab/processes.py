@@ -4,6 +4,11 @@ A process that exits is started again after a back-off of 0.5 s doubling to 10 s
 it has stayed up for 30 s (``restart=False`` leaves it down). Each child gets
 ``PR_SET_PDEATHSIG`` = SIGKILL, so nothing outlives a lab whose Python process dies, and its
 own process group, so that Ctrl-C reaches the lab only. Output goes to ``<logs>/<name>.log``.
+
+``PR_SET_PDEATHSIG`` fires when the *thread* that forked the child exits, not the process
+(prctl(2)): a child forked by a short-lived thread (a pytest fixture's, a ``ThreadPool``'s)
+would be killed when that thread ends. So every child is forked by the supervisor's own
+thread, which lives until :meth:`Supervisor.stop` has ended every child.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import dataclasses
 import logging
 import os
 import pathlib
+import queue
 import signal
 import subprocess
 import threading
@@ -83,6 +89,10 @@ class Supervisor:
         self._on_change = on_change
         self._lock = threading.RLock()
         self._stopping = threading.Event()
+        # spawn requests for the supervisor thread: (process, done, error box)
+        self._spawns: queue.Queue[
+            tuple[SupervisedProcess, threading.Event, list[BaseException]]
+        ] = queue.Queue()
         self._thread = threading.Thread(target=self._supervise, name="lab-supervisor", daemon=True)
         self._thread.start()
 
@@ -114,8 +124,24 @@ class Supervisor:
                 log_path=self.logs / f"{name}.log",
             )
             self.processes[name] = proc
-            self._spawn(proc)
+        try:
+            self._spawn_in_supervisor(proc)
+        except BaseException:
+            with self._lock:
+                self.processes.pop(name, None)
+            raise
         return proc
+
+    def _spawn_in_supervisor(self, proc: SupervisedProcess) -> None:
+        """Fork ``proc`` from the supervisor thread (see the module doc) and wait for it."""
+        if self._stopping.is_set() or not self._thread.is_alive():
+            raise RuntimeError(f"process {proc.name!r}: the supervisor is stopped")
+        done, errors = threading.Event(), []
+        self._spawns.put((proc, done, errors))
+        if not done.wait(60):
+            raise RuntimeError(f"process {proc.name!r}: the supervisor did not start it in 60 s")
+        if errors:
+            raise errors[0]
 
     def remove(self, name: str, grace: float = 10.0) -> None:
         """Stop one process for good (SIGTERM, SIGKILL after ``grace`` s)."""
@@ -125,12 +151,17 @@ class Supervisor:
             self._stop_all([proc], grace)
 
     def stop(self, grace: float = 10.0) -> None:
-        """Stop every process in reverse start order: SIGTERM, then SIGKILL after ``grace``."""
-        self._stopping.set()
-        self._thread.join(5)
+        """Stop every process in reverse start order: SIGTERM, then SIGKILL after ``grace``.
+
+        The processes end first, the supervisor thread (their parent thread) last.
+        """
         with self._lock:
             procs = list(reversed(self.processes.values()))
+            for proc in procs:
+                proc.restart = False
         self._stop_all(procs, grace)
+        self._stopping.set()
+        self._thread.join(5)
 
     @staticmethod
     def _stop_all(procs: Sequence[SupervisedProcess], grace: float) -> None:
@@ -171,35 +202,55 @@ class Supervisor:
         logger.info("lab: started %s (pid %s)", proc.name, proc.popen.pid)
 
     def _supervise(self) -> None:
-        while not self._stopping.wait(0.1):
-            changed = False
-            with self._lock:
-                now = time.monotonic()
-                for proc in self.processes.values():
-                    if proc.popen is None or proc.popen.poll() is None or not proc.restart:
-                        continue
-                    if not proc.next_start:  # just noticed the exit
-                        code = proc.popen.returncode
-                        proc.exit_codes.append(code)
-                        ran = now - proc.started_at
-                        proc.failures_in_a_row = 0 if ran >= 30 else proc.failures_in_a_row + 1
-                        delay = min(0.5 * 2 ** max(proc.failures_in_a_row - 1, 0), 10.0)
-                        proc.next_start = now + delay
-                        logger.warning(
-                            "lab: %s exited with %s after %.1f s; restarting in %.1f s",
-                            proc.name,
-                            code,
-                            ran,
-                            delay,
-                        )
-                    if now >= proc.next_start:
-                        proc.restarts += 1
-                        proc.next_start = 0.0
+        while not self._stopping.is_set():
+            try:
+                proc, done, errors = self._spawns.get(timeout=0.1)
+            except queue.Empty:
+                pass
+            else:
+                try:
+                    with self._lock:
                         self._spawn(proc)
-                        changed = True
-            if changed and self._on_change is not None:
-                with contextlib.suppress(OSError):
-                    self._on_change()
+                except BaseException as exc:  # handed to the caller of add()
+                    errors.append(exc)
+                finally:
+                    done.set()
+            self._restart_exited()
+        # refuse what is still queued: nobody forks once the supervisor is gone
+        while not self._spawns.empty():
+            _, done, errors = self._spawns.get_nowait()
+            errors.append(RuntimeError("the supervisor is stopped"))
+            done.set()
+
+    def _restart_exited(self) -> None:
+        changed = False
+        with self._lock:
+            now = time.monotonic()
+            for proc in self.processes.values():
+                if proc.popen is None or proc.popen.poll() is None or not proc.restart:
+                    continue
+                if not proc.next_start:  # just noticed the exit
+                    code = proc.popen.returncode
+                    proc.exit_codes.append(code)
+                    ran = now - proc.started_at
+                    proc.failures_in_a_row = 0 if ran >= 30 else proc.failures_in_a_row + 1
+                    delay = min(0.5 * 2 ** max(proc.failures_in_a_row - 1, 0), 10.0)
+                    proc.next_start = now + delay
+                    logger.warning(
+                        "lab: %s exited with %s after %.1f s; restarting in %.1f s",
+                        proc.name,
+                        code,
+                        ran,
+                        delay,
+                    )
+                if now >= proc.next_start:
+                    proc.restarts += 1
+                    proc.next_start = 0.0
+                    self._spawn(proc)
+                    changed = True
+        if changed and self._on_change is not None:
+            with contextlib.suppress(OSError):
+                self._on_change()
 
 
 def _signal_group(proc: SupervisedProcess, signum: int) -> None:

@@ -32,6 +32,7 @@ import ctypes
 import json
 import os
 import signal
+import stat
 import sys
 
 CLONE_NEWNS = 0x00020000
@@ -86,8 +87,8 @@ def _ensure_target(target: str, is_dir: bool) -> None:
             pass
 
 
-def bind(source: str, target: str, read_only: bool) -> None:
-    _ensure_target(target, os.path.isdir(source))
+def bind(source: str, target: str, read_only: bool, is_dir: bool | None = None) -> None:
+    _ensure_target(target, os.path.isdir(source) if is_dir is None else is_dir)
     mount(source, target, None, MS_BIND | MS_REC)
     if read_only:
         mount(None, target, None, MS_REMOUNT | MS_BIND | MS_RDONLY)
@@ -121,8 +122,16 @@ def run(spec: dict[str, object]) -> None:
         _check(_libc.sethostname(hostname.encode(), len(hostname.encode())), "sethostname")
     mounts = list(spec.get("mounts", []))  # type: ignore[call-overload]
     mounts.sort(key=lambda m: os.path.normpath(m["target"]).count("/"))
+    # Every source is opened before the first mount: a volume mounted over a parent of the
+    # sources (an emptyDir at /tmp while the agent's work directory is under /tmp) would
+    # hide the ones after it. Bind mounts then take /proc/self/fd/N.
+    sources = []
     for entry in mounts:
-        bind(entry["source"], entry["target"], bool(entry.get("readOnly")))
+        fd = os.open(entry["source"], os.O_PATH | os.O_CLOEXEC)
+        sources.append((fd, stat.S_ISDIR(os.fstat(fd).st_mode)))
+    for entry, (fd, is_dir) in zip(mounts, sources, strict=True):
+        bind(f"/proc/self/fd/{fd}", entry["target"], bool(entry.get("readOnly")), is_dir)
+        os.close(fd)
     cwd = str(spec.get("workingDir") or "/")
     os.makedirs(cwd, exist_ok=True)
     become(spec)
