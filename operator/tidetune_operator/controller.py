@@ -217,9 +217,9 @@ class Controller:
         while True:
             await asyncio.sleep(self.config.resync_interval_seconds)
             for ns, name in list(self.jobs):
-                self.enqueue(("job", ns, name))
+                self.queue.resync(("job", ns, name))
             for pool in list(self.pools):
-                self.enqueue(("pool", "", pool))
+                self.queue.resync(("pool", "", pool))
             self.recorder.publish_phase_counts()
 
     # ------------------------------------------------------------------ pools

@@ -6,7 +6,9 @@ after); a handler's answer re-queues the key after that many seconds (level-base
 resync); a failing handler is retried with exponential backoff (:func:`retry_delay`).
 A key asked for again later while already timed keeps the earlier time (client-go's
 ``AddAfter``): a pool's wake-up at a window's drain must not be pushed back by the job's
-own, later, resync.
+own, later, resync. A periodic resync (:meth:`WorkQueue.resync`) leaves a key that is
+backing off after a failure to its retry timer: a launch the API refuses is retried at
+1, 2, 4 … 60 s, not at every resync.
 Keys may be queued before :meth:`WorkQueue.start` (events that arrive before login).
 """
 
@@ -89,6 +91,17 @@ class WorkQueue:
         self._queued.add(key)
         if self._queue is not None:
             self._queue.put_nowait(key)
+
+    def resync(self, key: QueueKey) -> None:
+        """A periodic look: queued now unless ``key`` waits for its retry after a failure."""
+        handle = self._timers.get(key)
+        if key in self._failures and handle is not None and not handle.cancelled():
+            return
+        self.enqueue(key)
+
+    def backing_off(self, key: QueueKey) -> bool:
+        """Whether ``key`` failed last time and waits for its retry."""
+        return key in self._failures
 
     async def _worker(self) -> None:
         assert self._queue is not None

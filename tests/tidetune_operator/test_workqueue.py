@@ -72,6 +72,39 @@ async def test_a_failing_key_is_retried_with_backoff_and_a_delay_requeues() -> N
         await queue.stop()
 
 
+@pytest.mark.asyncio
+async def test_a_resync_does_not_cut_short_the_backoff_of_a_failing_key() -> None:
+    """A launch the API keeps refusing (a webhook down) is retried at 1, 2, 4 … s, not at
+    every resync; a real change (enqueue) is still looked at at once."""
+    calls: list[float] = []
+    loop = asyncio.get_running_loop()
+
+    async def handle(key: QueueKey) -> float | None:
+        calls.append(loop.time())
+        raise ApiError(500, "failed calling webhook")
+
+    queue = WorkQueue(handle, workers=1)
+    queue.start()
+    try:
+        queue.enqueue(A)
+        await asyncio.sleep(0.05)
+        assert len(calls) == 1 and queue.backing_off(A)
+        for _ in range(5):  # resyncs while the 1 s retry timer runs
+            queue.resync(A)
+            await asyncio.sleep(0.1)
+        assert len(calls) == 1
+        await asyncio.sleep(0.6)
+        assert len(calls) == 2  # the retry, at 1 s
+        queue.enqueue(A)  # a watch event: now
+        await asyncio.sleep(0.05)
+        assert len(calls) == 3
+        queue.resync(B)  # a key that never failed is queued by a resync
+        await asyncio.sleep(0.05)
+        assert len(calls) == 4
+    finally:
+        await queue.stop()
+
+
 def test_failed_reconciles_back_off_exponentially_to_a_minute() -> None:
     assert [retry_delay(n) for n in range(1, 9)] == [1, 2, 4, 8, 16, 32, 60, 60]
 
