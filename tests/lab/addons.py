@@ -4,15 +4,23 @@ training operator v1 (PyTorchJob) and Kueue, built by ``.ci/setup-kube.sh``.
 Each runs as a host process with the admin kubeconfig (documented difference: on a cluster
 they run as Deployments with their own ServiceAccounts). Their webhooks are real: the
 manifests come from the same module versions (``.tools/manifests``), each controller makes
-its own serving certificate with its built-in certificate rotator and injects the CA into
-its webhook configurations, and a Service without selector whose manual Endpoints point at
-the lab's gateway address routes the API server to it (``--enable-aggregator-routing``).
+its own serving certificate with its built-in certificate rotator (cert-controller), stores it
+in its Secret and injects the CA into its webhook configurations, and a Service without
+selector whose manual Endpoints point at the lab's gateway address routes the API server to
+it (``--enable-aggregator-routing``). The rotator then waits for the certificate files to
+appear in its certificate directory, where a kubelet projects the Secret volume of the
+controller's pod: :func:`project_secret` does that kubelet's part here.
 """
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import copy
+import json
 import pathlib
+import socket
+import threading
 import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
@@ -90,6 +98,45 @@ def _wait_webhook_ready(lab: Lab, kind: str, name: str, timeout: float = 120) ->
     )
 
 
+def project_secret(lab: Lab, namespace: str, name: str, directory: pathlib.Path) -> None:
+    """Keep ``directory`` holding the keys of Secret ``namespace/name`` as files, as a
+    kubelet keeps a Secret volume current (polled every second until the lab stops)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    stop = threading.Event()
+    lab.on_stop(stop.set)
+
+    def sync() -> None:
+        seen: dict[str, str] = {}
+        while not stop.wait(1.0):
+            with contextlib.suppress(Exception):
+                out = lab.kubectl("-n", namespace, "get", "secret", name, "-o", "json")
+                if out.returncode != 0:
+                    continue
+                data = json.loads(out.stdout).get("data") or {}
+                if data == seen:
+                    continue
+                for key, value in data.items():
+                    tmp = directory / f".{key}.tmp"
+                    tmp.write_bytes(base64.b64decode(value))
+                    tmp.chmod(0o600)
+                    tmp.replace(directory / key)
+                seen = data
+
+    threading.Thread(target=sync, name=f"project-{name}", daemon=True).start()
+
+
+def _wait_listening(lab: Lab, port: int, what: str, timeout: float = 120) -> None:
+    """Until the webhook server accepts connections (its certificates have arrived)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection((lab.network.gateway, port), 1):
+            return
+        time.sleep(0.3)
+    raise RuntimeError(
+        f"{what}'s webhook server is not listening on port {port} after {timeout:.0f} s"
+    )
+
+
 def install_kubeflow(lab: Lab, *, controller: bool = True) -> None:
     """The Kubeflow training operator v1.9 with its CRDs and validating webhook (only the
     CRDs without ``controller``: PyTorchJobs are stored and nothing runs them)."""
@@ -120,7 +167,7 @@ def install_kubeflow(lab: Lab, *, controller: bool = True) -> None:
     # Its certificate directory is a constant (/tmp/k8s-webhook-server/serving-certs): give it
     # a private one in a mount namespace of its own, so that labs side by side do not clash.
     certs = lab.workdir / "kubeflow-certs"
-    certs.mkdir(exist_ok=True)
+    project_secret(lab, KUBEFLOW_NAMESPACE, "training-operator-webhook-cert", certs)
     binary = tool("training-operator.v1")
     script = (
         "mkdir -p /tmp/k8s-webhook-server/serving-certs && "
@@ -147,6 +194,7 @@ def install_kubeflow(lab: Lab, *, controller: bool = True) -> None:
         {**lab.host_env(), "MY_POD_NAMESPACE": KUBEFLOW_NAMESPACE},
     )
     _wait_webhook_ready(lab, "validatingwebhookconfiguration", KUBEFLOW_WEBHOOK)
+    _wait_listening(lab, port, "the training operator")
 
 
 #: Kueue's integrations in the lab: the launchers TideTune uses.
@@ -213,7 +261,12 @@ def install_kueue(lab: Lab) -> None:
             "webhookSecretName": "kueue-webhook-server-cert",
         },
         "integrations": {"frameworks": KUEUE_FRAMEWORKS},
+        # The on-demand visibility API (an aggregated API server) delegates authentication
+        # with an in-cluster kubeconfig, which a host process has not; TideTune reads
+        # Workloads, not that API.
+        "featureGates": {"VisibilityOnDemand": False},
     }
+    project_secret(lab, KUEUE_NAMESPACE, "kueue-webhook-server-cert", lab.workdir / "kueue-certs")
     path = lab.workdir / "kueue-config.yaml"
     path.write_text(yaml.safe_dump(config))
     lab.supervisor.add(
@@ -225,3 +278,4 @@ def install_kueue(lab: Lab) -> None:
         lab, "validatingwebhookconfiguration", "kueue-validating-webhook-configuration"
     )
     _wait_webhook_ready(lab, "mutatingwebhookconfiguration", "kueue-mutating-webhook-configuration")
+    _wait_listening(lab, port, "Kueue")

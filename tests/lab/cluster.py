@@ -244,6 +244,10 @@ class Lab:
         if errors:
             raise LabError("the lab did not start:\n" + "\n".join(errors))
 
+    def on_stop(self, callback: Any) -> None:
+        """Call ``callback()`` when the lab stops (before what was started earlier stops)."""
+        self._exit.callback(callback)
+
     def stop(self) -> None:
         """Stop everything the lab started (pods first, the control plane, the bridge last)."""
         self._exit.close()
