@@ -825,3 +825,49 @@ def test_lost_node_kills_at_once_and_the_pod_gc_removes_its_pods(cluster: Cluste
     while cluster.get("pod", "victim") is not None:
         assert time.monotonic() < deadline, "the pod GC did not delete the lost node's pod"
         time.sleep(1)
+
+
+def test_volumes_mounted_after_an_empty_dir_at_tmp(cluster: Cluster) -> None:
+    """The agent's work directory is under /tmp (pytest's), so is every volume's source: an
+    emptyDir at /tmp, mounted first, must not hide the ConfigMap and the token."""
+    assert str(cluster.tmp).startswith("/tmp/")
+    cluster.kubectl("create", "configmap", "tmp-volume-cfg", "-n", NS, "--from-literal=greeting=hi")
+    cluster.apply("""
+apiVersion: v1
+kind: Pod
+metadata: {name: tmp-volume}
+spec:
+  nodeName: gpu-0
+  restartPolicy: Never
+  tolerations: [{key: tidetune.io/online-serving, operator: Exists}]
+  containers:
+  - name: main
+    image: python
+    args:
+    - -c
+    - |
+      import json, os
+      print(json.dumps({
+          "greeting": open("/etc/lab-cfg/greeting").read(),
+          "token": open("/var/run/lab-token/token").read(),
+          "tmp": os.listdir("/tmp"),
+      }))
+    volumeMounts:
+    - {name: scratch, mountPath: /tmp}
+    - {name: cfg, mountPath: /etc/lab-cfg}
+    - {name: token, mountPath: /var/run/lab-token}
+  volumes:
+  - {name: scratch, emptyDir: {}}
+  - {name: cfg, configMap: {name: tmp-volume-cfg}}
+  - name: token
+    projected:
+      sources: [{serviceAccountToken: {path: token, expirationSeconds: 600}}]
+""")
+    pod = cluster.wait_pod("tmp-volume", phase_is("Succeeded", "Failed"), 60)
+    main = statuses(pod)["main"]["state"]["terminated"]
+    assert pod["status"]["phase"] == "Succeeded", main
+    seen = json.loads(cluster.logs("tmp-volume"))
+    assert seen["greeting"] == "hi"
+    assert _jwt_claims(seen["token"])["kubernetes.io"]["pod"]["name"] == "tmp-volume"
+    assert seen["tmp"] == []  # the emptyDir, not the host's /tmp
+    cluster.kubectl("delete", "pod", "-n", NS, "tmp-volume", "--wait=true")

@@ -129,3 +129,66 @@ def test_container_dies_with_the_process_that_started_it(tmp_path: pathlib.Path)
         time.sleep(0.05)
     status = pathlib.Path(f"/proc/{child}/status")
     assert not status.exists() or "State:\tZ" in status.read_text()
+
+
+def test_a_volume_at_tmp_does_not_hide_the_other_sources(tmp_path: pathlib.Path) -> None:
+    """The sources live under /tmp (as the agent's work directory under pytest does): an
+    emptyDir mounted at /tmp first must not hide the volumes mounted after it."""
+    assert str(tmp_path).startswith("/tmp/")
+    scratch = tmp_path / "empty"
+    scratch.mkdir()
+    config = tmp_path / "cfg"
+    atomic_write(config, {"mode": (b"fast", 0o644)})
+    token = tmp_path / "token"
+    atomic_write(token, {"token": (b"jwt", 0o644)})
+    target = f"/run/nodeagent-shim-test-{tmp_path.name}"
+    result = run_shim(
+        tmp_path,
+        argv=["sh", "-c", f"cat {target}/cfg/mode {target}/sa/token; ls -A /tmp"],
+        env={"PATH": "/usr/bin:/bin"},
+        uid=0,
+        gid=0,
+        mounts=[
+            {"source": str(scratch), "target": "/tmp"},
+            {"source": str(config), "target": f"{target}/cfg", "readOnly": True},
+            {"source": str(token), "target": f"{target}/sa", "readOnly": True},
+        ],
+    )
+    assert result.returncode == 0, (result, _error(tmp_path))
+    assert result.stdout == "fastjwt"  # and /tmp is the empty volume
+
+
+def _error(tmp_path: pathlib.Path) -> str:
+    path = tmp_path / "error"
+    return path.read_text() if path.exists() else ""
+
+
+def test_a_mount_target_of_the_wrong_type_is_a_clear_start_error(tmp_path: pathlib.Path) -> None:
+    volume = tmp_path / "vol"
+    atomic_write(volume, {"config.yaml": (b"x", 0o644)})
+    stale = tmp_path / "etc" / "tidetune"
+    stale.parent.mkdir()
+    stale.write_text("left over\n")
+    common = {"argv": ["true"], "env": {"PATH": "/usr/bin:/bin"}, "uid": 0, "gid": 0}
+    result = run_shim(tmp_path, mounts=[{"source": str(volume), "target": str(stale)}], **common)
+    assert result.returncode == 128
+    assert _error(tmp_path) == (
+        "failed to create containerd task: failed to create shim task: "
+        f"mount target {stale} exists and is a file; the volume is a directory"
+    )
+    assert stale.read_text() == "left over\n"  # left as it was
+    # a file volume (subPath-less key, /etc/hosts) onto a directory
+    hosts = tmp_path / "hosts"
+    hosts.write_text("127.0.0.1 localhost\n")
+    result = run_shim(tmp_path, mounts=[{"source": str(hosts), "target": str(volume)}], **common)
+    assert result.returncode == 128
+    assert _error(tmp_path).endswith(
+        f"mount target {volume} exists and is a directory; the volume is a file"
+    )
+    # a mount point below a file
+    below = stale / "conf.d"
+    result = run_shim(tmp_path, mounts=[{"source": str(volume), "target": str(below)}], **common)
+    assert result.returncode == 128
+    assert _error(tmp_path).endswith(
+        f"mount target {below}: {stale} exists and is a file, not a directory"
+    )

@@ -12,7 +12,8 @@ filesystem (the host filesystem is every container's rootfs):
   4. bind mounts, deepest last: volumes at their ``mountPath`` (``readOnly`` → remounted
      read-only), ``/etc/resolv.conf``, ``/etc/hosts``, ``/etc/hostname`` and the
      termination-message file; missing mount points are created on the host (empty
-     directories or files);
+     directories or files); one that exists with the wrong type (a file where the volume
+     is a directory) fails the start with a message saying so;
   5. the working directory (created if missing, as a runtime does);
   6. ``setgroups``/``setgid``/``setuid``, ``PR_SET_NO_NEW_PRIVS`` when
      ``allowPrivilegeEscalation: false``, then ``PR_SET_PDEATHSIG=SIGKILL`` (after the
@@ -76,13 +77,38 @@ def mount(source: str | None, target: str, fstype: str | None, flags: int) -> No
     )
 
 
+class MountTargetError(Exception):
+    """A mount point on the host that is of the wrong type (reported as is)."""
+
+
+def _kind(is_dir: bool) -> str:
+    return "a directory" if is_dir else "a file"
+
+
 def _ensure_target(target: str, is_dir: bool) -> None:
-    if os.path.lexists(target):
+    """The mount point, created on the host when missing (parents included); one that exists
+    with the wrong type (a stale file where the volume is a directory) is a clear error."""
+    if os.path.lexists(target) and not os.path.exists(target):
+        return  # a dangling symlink: the mount reports it
+    if os.path.exists(target):
+        if os.path.isdir(target) != is_dir:
+            raise MountTargetError(
+                f"mount target {target} exists and is {_kind(not is_dir)}; "
+                f"the volume is {_kind(is_dir)}"
+            )
         return
+    parent = target if is_dir else os.path.dirname(target) or "/"
+    probe = parent
+    while probe not in ("/", ""):  # a parent that is a file cannot hold the mount point
+        if os.path.exists(probe) and not os.path.isdir(probe):
+            raise MountTargetError(
+                f"mount target {target}: {probe} exists and is a file, not a directory"
+            )
+        probe = os.path.dirname(probe)
     if is_dir:
         os.makedirs(target, exist_ok=True)
     else:
-        os.makedirs(os.path.dirname(target) or "/", exist_ok=True)
+        os.makedirs(parent, exist_ok=True)
         with open(target, "a"):
             pass
 
@@ -182,6 +208,7 @@ def main() -> None:
         if error_file
         else -1
     )
+    executing = False
     try:
         for name in ("SIGPIPE", "SIGXFSZ", "SIGINT"):
             signal.signal(getattr(signal, name), signal.SIG_DFL)
@@ -191,21 +218,30 @@ def main() -> None:
             run(spec)
         argv = [str(a) for a in spec["argv"]]
         env = {str(k): str(v) for k, v in spec["env"].items()}
+        executing = True
         execvpe(argv, env)
+    except MountTargetError as exc:
+        _start_error(error_fd, str(exc))
     except OSError as exc:
         message = str(exc)
         if (
-            isinstance(exc, FileNotFoundError)
+            executing  # not a mount's ENOENT
+            and isinstance(exc, FileNotFoundError)
             and exc.filename is None
             and "/" not in str(spec["argv"][0])
         ):
             message = f'exec: "{spec["argv"][0]}": executable file not found in $PATH'
         elif exc.filename is not None and not str(exc.strerror).startswith(("setns", "mount")):
             message = f"{exc.strerror}: {exc.filename}"
-        text = f"failed to create containerd task: failed to create shim task: {message}"
-        if error_fd >= 0:
-            os.write(error_fd, text.encode())
-        os._exit(128)
+        _start_error(error_fd, message)
+
+
+def _start_error(error_fd: int, message: str) -> None:
+    """What a failed start reports (containerd's words around it), then exit 128."""
+    text = f"failed to create containerd task: failed to create shim task: {message}"
+    if error_fd >= 0:
+        os.write(error_fd, text.encode())
+    os._exit(128)
 
 
 if __name__ == "__main__":
