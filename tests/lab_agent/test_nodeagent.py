@@ -871,3 +871,203 @@ spec:
     assert _jwt_claims(seen["token"])["kubernetes.io"]["pod"]["name"] == "tmp-volume"
     assert seen["tmp"] == []  # the emptyDir, not the host's /tmp
     cluster.kubectl("delete", "pod", "-n", NS, "tmp-volume", "--wait=true")
+
+
+def test_sidecar_serves_the_main_container_then_is_stopped_after_it(cluster: Cluster) -> None:
+    marker = cluster.tmp / "sidecar"
+    cluster.apply(f"""
+apiVersion: v1
+kind: Pod
+metadata: {{name: with-sidecar}}
+spec:
+  nodeName: gpu-0
+  restartPolicy: Never
+  terminationGracePeriodSeconds: 30
+  tolerations: [{{key: tidetune.io/online-serving, operator: Exists}}]
+  securityContext: {{runAsUser: 0}}
+  initContainers:
+  - name: server
+    image: python
+    restartPolicy: Always
+    args:
+    - -c
+    - |
+      import http.server, os, signal, time
+      def on_term(*_):
+          open("/marker/server-term", "w").write(repr(time.time()))
+          os._exit(3)
+      signal.signal(signal.SIGTERM, on_term)
+      class Handler(http.server.BaseHTTPRequestHandler):
+          def do_GET(self):
+              self.send_response(200)
+              self.end_headers()
+              self.wfile.write(b"from-sidecar")
+      http.server.HTTPServer(("0.0.0.0", 23457), Handler).serve_forever()
+    readinessProbe: {{tcpSocket: {{port: 23457}}, periodSeconds: 1}}
+    volumeMounts: [{{name: marker, mountPath: /marker}}]
+  containers:
+  - name: main
+    image: python
+    args:
+    - -c
+    - |
+      import os, time, urllib.request
+      def fetch():
+          for _ in range(100):
+              try:
+                  url = "http://127.0.0.1:23457/"
+                  return urllib.request.urlopen(url, timeout=2).read().decode()
+              except OSError:
+                  time.sleep(0.1)
+          return "unreachable"
+      print(fetch(), flush=True)
+      while not os.path.exists("/marker/go"):
+          time.sleep(0.1)
+      print(fetch(), flush=True)
+      open("/marker/main-exit", "w").write(repr(time.time()))
+    volumeMounts: [{{name: marker, mountPath: /marker}}]
+  volumes:
+  - {{name: marker, hostPath: {{path: {marker}, type: DirectoryOrCreate}}}}
+""")
+    pod = cluster.wait_pod(
+        "with-sidecar",
+        lambda p: (
+            statuses(p, init=True).get("server", {}).get("ready") is True
+            and "running" in statuses(p).get("main", {}).get("state", {})
+        ),
+        60,
+        "running beside a ready sidecar",
+    )
+    server = statuses(pod, init=True)["server"]
+    assert pod["status"]["phase"] == "Running"
+    assert "running" in server["state"] and server["started"] is True
+    assert (condition(pod, "Initialized"), condition(pod, "Ready")) == ("True", "True")
+    (marker / "go").touch()
+    start = time.monotonic()
+    pod = cluster.wait_pod("with-sidecar", phase_is("Succeeded", "Failed"), 30)
+    took = time.monotonic() - start
+    assert pod["status"]["phase"] == "Succeeded"  # the sidecar's exit code 3 does not count
+    assert cluster.logs("with-sidecar", "-c", "main").split() == ["from-sidecar"] * 2
+    main = statuses(pod)["main"]["state"]["terminated"]
+    assert main["exitCode"] == 0
+    server = statuses(pod, init=True)["server"]
+    assert server["state"]["terminated"]["exitCode"] == 3  # its SIGTERM handler
+    assert server["restartCount"] == 0 and server["ready"] is False
+    # stopped once the main container had exited, not after the 30 s grace period
+    main_exit = float((marker / "main-exit").read_text())
+    assert main_exit <= float((marker / "server-term").read_text())
+    assert took < 20, took
+    assert condition(pod, "Initialized") == "True"
+    cluster.kubectl("delete", "pod", "-n", NS, "with-sidecar", "--wait=true")
+
+
+def test_sidecar_startup_probe_holds_the_main_container_and_it_stops_last(
+    cluster: Cluster,
+) -> None:
+    marker = cluster.tmp / "slow-sidecar"
+    cluster.apply(f"""
+apiVersion: v1
+kind: Pod
+metadata: {{name: slow-sidecar}}
+spec:
+  nodeName: gpu-0
+  terminationGracePeriodSeconds: 10
+  tolerations: [{{key: tidetune.io/online-serving, operator: Exists}}]
+  initContainers:
+  - name: proxy
+    image: alpine
+    restartPolicy: Always
+    command:
+    - sh
+    - -c
+    - >-
+      trap 'echo proxy-term >> /marker/order; exit 0' TERM;
+      sleep 5; touch /marker/up; while true; do sleep 0.1; done
+    startupProbe:
+      exec: {{command: ["test", "-f", "/marker/up"]}}
+      periodSeconds: 1
+      failureThreshold: 60
+    volumeMounts: [{{name: marker, mountPath: /marker}}]
+  containers:
+  - name: main
+    image: alpine
+    command:
+    - sh
+    - -c
+    - >-
+      test -f /marker/up && echo saw-proxy-up;
+      trap 'sleep 1; echo main-term >> /marker/order; exit 0' TERM;
+      while true; do sleep 0.1; done
+    volumeMounts: [{{name: marker, mountPath: /marker}}]
+  volumes:
+  - {{name: marker, hostPath: {{path: {marker}, type: DirectoryOrCreate}}}}
+""")
+    pod = cluster.wait_pod(
+        "slow-sidecar",
+        lambda p: "running" in statuses(p, init=True).get("proxy", {}).get("state", {}),
+        60,
+        "with its sidecar running",
+    )
+    if not (marker / "up").exists():  # still in its startup: the main container waits
+        assert statuses(pod, init=True)["proxy"]["started"] is False
+        assert statuses(pod)["main"]["state"]["waiting"]["reason"] == "PodInitializing"
+        assert pod["status"]["phase"] == "Pending"
+        assert condition(pod, "Initialized") == "False"
+    pod = cluster.wait_pod(
+        "slow-sidecar",
+        lambda p: "running" in statuses(p).get("main", {}).get("state", {}),
+        60,
+        "with its main container running",
+    )
+    assert (marker / "up").exists()
+    proxy = statuses(pod, init=True)["proxy"]
+    assert (proxy["started"], proxy["ready"]) == (True, True)  # ready: no readinessProbe
+    deadline = time.monotonic() + 10
+    while "saw-proxy-up" not in cluster.logs("slow-sidecar", "-c", "main"):
+        assert time.monotonic() < deadline, "the main container started before the sidecar"
+        time.sleep(0.2)
+    start = time.monotonic()
+    cluster.kubectl("delete", "pod", "-n", NS, "slow-sidecar", "--wait=true")
+    took = time.monotonic() - start
+    # the sidecar gets its SIGTERM once the main container has exited (1 s into its trap)
+    assert (marker / "order").read_text().split() == ["main-term", "proxy-term"]
+    assert took < 9, took
+
+
+def test_crashing_sidecar_is_restarted_in_a_never_pod(cluster: Cluster) -> None:
+    marker = cluster.tmp / "flaky-sidecar"
+    cluster.apply(f"""
+apiVersion: v1
+kind: Pod
+metadata: {{name: flaky-sidecar}}
+spec:
+  nodeName: gpu-0
+  restartPolicy: Never
+  terminationGracePeriodSeconds: 1
+  tolerations: [{{key: tidetune.io/online-serving, operator: Exists}}]
+  initContainers:
+  - name: flaky
+    image: alpine
+    restartPolicy: Always
+    command: ["sh", "-c", "echo started >> /marker/starts; sleep 1; exit 3"]
+    volumeMounts: [{{name: marker, mountPath: /marker}}]
+  containers:
+  - name: main
+    image: alpine
+    command: ["sleep", "600"]
+  volumes:
+  - {{name: marker, hostPath: {{path: {marker}, type: DirectoryOrCreate}}}}
+""")
+    pod = cluster.wait_pod(
+        "flaky-sidecar",
+        lambda p: statuses(p, init=True).get("flaky", {}).get("restartCount", 0) >= 2,
+        60,
+        "with its sidecar restarted twice",
+    )
+    flaky = statuses(pod, init=True)["flaky"]
+    assert flaky["lastState"]["terminated"]["exitCode"] == 3
+    main = statuses(pod)["main"]
+    assert "running" in main["state"] and main["restartCount"] == 0
+    assert pod["status"]["phase"] == "Running"
+    assert len((marker / "starts").read_text().split()) >= 3
+    cluster.kubectl("delete", "pod", "-n", NS, "flaky-sidecar", "--wait=true")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from tests.lab.nodeagent.status import ContainerRecord, build_conditions, pod_phase
 
 
@@ -109,3 +111,67 @@ def test_readiness_gates_hold_ready_back() -> None:
     )
     pod["status"]["conditions"] = [{"type": "example.com/lb", "status": "True"}]
     assert readiness_gates_problem(pod) == ""
+
+
+def sidecar(
+    state: str, *, started: bool = False, ready: bool = False, code: int | None = None
+) -> ContainerRecord:
+    record = ContainerRecord("proxy", "img", init=True, sidecar=True, state=state)
+    record.started, record.ready = started, ready
+    if state == "terminated":
+        record.terminated = {"exitCode": code, "reason": "Error" if code else "Completed"}
+    elif state == "waiting" and code is not None:
+        record.waiting_reason = "CrashLoopBackOff"
+        record.last_terminated = {"exitCode": code}
+    return record
+
+
+def test_phases_with_a_sidecar() -> None:
+    initializing = ContainerRecord("c", "img", waiting_reason="PodInitializing")
+    # not started yet (startupProbe), or not run yet: Pending
+    assert pod_phase([sidecar("running")], [initializing], "Never") == "Pending"
+    assert pod_phase([sidecar("waiting")], [initializing], "Never") == "Pending"
+    assert pod_phase([sidecar("running", started=True)], [running("c")], "Never") == "Running"
+    # the regular container ended: still Running while the sidecar runs, then its result
+    assert pod_phase([sidecar("running", started=True)], [ended("c", 0)], "Never") == "Running"
+    assert pod_phase([sidecar("terminated", code=143)], [ended("c", 0)], "Never") == "Succeeded"
+    assert pod_phase([sidecar("terminated", code=0)], [ended("c", 2)], "Never") == "Failed"
+    assert pod_phase([sidecar("terminated", code=137)], [ended("c", 0)], "OnFailure") == (
+        "Succeeded"
+    )
+    # a sidecar restarting after initialization does not send the pod back to Pending
+    assert pod_phase([sidecar("waiting", code=1)], [running("c")], "Never") == "Running"
+    assert pod_phase([sidecar("running")], [running("c")], "Never") == "Running"
+
+
+def test_conditions_with_a_sidecar() -> None:
+    initializing = [ContainerRecord("c", "img", waiting_reason="PodInitializing")]
+
+    def conditions(
+        init: ContainerRecord, main: list[ContainerRecord], phase: str
+    ) -> dict[str, Any]:
+        found = build_conditions(
+            sandbox_ready=True, init=[init], main=main, phase=phase, previous=[]
+        )
+        return {c["type"]: c for c in found}
+
+    before = conditions(sidecar("running"), initializing, "Pending")
+    assert before["Initialized"]["status"] == "False"
+    assert before["Initialized"]["message"] == "containers with incomplete status: [proxy]"
+    # started (not yet ready) is enough to be initialized; readiness counts for Ready
+    started = conditions(sidecar("running", started=True), [running("c")], "Running")
+    assert started["Initialized"]["status"] == "True"
+    assert started["Ready"]["status"] == "False"
+    assert started["ContainersReady"]["message"] == "containers with unready status: [proxy]"
+    ready = conditions(sidecar("running", started=True, ready=True), [running("c")], "Running")
+    assert ready["Ready"]["status"] == "True"
+    # restarting after the regular containers started: still initialized
+    restarting = conditions(sidecar("waiting", code=1), [running("c")], "Running")
+    assert restarting["Initialized"]["status"] == "True"
+    # stopped after the regular containers ended: its exit code does not matter
+    done = conditions(sidecar("terminated", code=143), [ended("c", 0)], "Succeeded")
+    assert (done["Initialized"]["status"], done["Initialized"]["reason"]) == (
+        "True",
+        "PodCompleted",
+    )
+    assert done["Ready"]["reason"] == "PodCompleted"

@@ -66,11 +66,13 @@ How it differs from a kubelet with a container runtime:
   other than ``KUBERNETES_*`` (which point at the API server's real address).
   ``hostNetwork`` pods share the host's network namespace and get the node address.
 - **Containers:** init containers run in order; sidecars (init containers with
-  ``restartPolicy: Always``) are run as plain init containers. No ``stdin``/``tty``, no
-  ephemeral containers. gRPC probes and handlers are not supported (exec, httpGet,
-  tcpSocket and sleep are, for probes and postStart/preStop hooks alike). The crash-loop
-  back-off is the kubelet's (10 s doubling to 300 s, the first restart at once),
-  configurable with ``restartBackoff``.
+  ``restartPolicy: Always``) as the kubelet runs them: the next init container starts once
+  the sidecar has started (startupProbe), it runs beside the regular containers, restarted
+  whenever it exits, and is stopped after them (reverse order) on deletion or when they
+  have all ended. No ``stdin``/``tty``, no ephemeral containers. gRPC probes and handlers
+  are not supported (exec, httpGet, tcpSocket and sleep are, for probes and
+  postStart/preStop hooks alike). The crash-loop back-off is the kubelet's (10 s doubling
+  to 300 s, the first restart at once), configurable with ``restartBackoff``.
 - **Kubelet API:** only ``/containerLogs`` and ``/healthz``; no exec, attach,
   port-forward, stats or metrics, so ``kubectl exec``/``port-forward``/``top`` fail. The
   serving certificate is self-signed and requests are not authenticated.

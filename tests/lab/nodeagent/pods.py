@@ -8,7 +8,9 @@ early by watch events, exits and probe results):
 2. volumes (:mod:`tests.lab.nodeagent.volumes`); one that cannot be set up yet
    (a missing ConfigMap) keeps every container ``ContainerCreating``, retried every 2 s;
 3. init containers one after the other, each until it exits 0 (restarted per
-   ``restartPolicy``; with ``Never`` a failure fails the pod); then all containers;
+   ``restartPolicy``; with ``Never`` a failure fails the pod) — a sidecar (``restartPolicy:
+   Always``) only until it has *started* (its startupProbe succeeded, or at once), then it
+   keeps running beside the others, restarted whenever it exits; then all containers;
 4. each container: image → local environment (unknown: ``ErrImagePull`` then
    ``ImagePullBackOff``), env and user (``CreateContainerConfigError``, retried), then the
    shim (:mod:`tests.lab.nodeagent.shim`) under a memory cgroup, stdout/stderr to a
@@ -20,10 +22,14 @@ early by watch events, exits and probe results):
    resets after 600 s without a restart) — the delays come from the agent config;
 6. probes (startup, liveness, readiness; exec, httpGet, tcpSocket) in a thread per
    container with their timing fields;
-7. deletion: SIGTERM to each container's main process, SIGKILL to all its processes after
-   the grace period, a last status, then ``DELETE`` with ``gracePeriodSeconds: 0`` and
-   the pod's UID as precondition. A pod that ends (Succeeded/Failed) keeps its status and
-   logs until it is deleted; its sandbox is torn down at once.
+7. deletion: preStop hooks, SIGTERM to each container's main process, SIGKILL to all its
+   processes after the grace period — the sidecars last, in reverse order, each once the
+   regular containers and the later sidecars have exited — a last status, then ``DELETE``
+   with ``gracePeriodSeconds: 0`` and the pod's UID as precondition. When every regular
+   container has ended for good (restartPolicy Never/OnFailure) the sidecars are stopped
+   the same way, and their exit codes do not count for the phase. A pod that ends
+   (Succeeded/Failed) keeps its status and logs until it is deleted; its sandbox is torn
+   down at once.
 
 Status is written with a strategic-merge ``PATCH`` of ``pods/status`` whenever it changes.
 """
@@ -241,6 +247,13 @@ class Container:
     backoff_updated: float = 0.0
     kill_deadline: float | None = None
     killing_reason: str = ""
+    #: being stopped: SIGTERM is due once the preStop hook ran and (``ordered``: a sidecar
+    #: stopped with its pod) its turn came, or at ``stop_deadline`` at the latest
+    stopping: bool = False
+    stop_deadline: float = 0.0
+    ordered: bool = False
+    pre_stop_running: bool = False
+    term_sent: bool = False
     oom_before: int = 0
     image_failures: int = 0
     prober: Prober | None = None
@@ -252,6 +265,11 @@ class Container:
     @property
     def name(self) -> str:
         return str(self.spec["name"])
+
+    @property
+    def sidecar(self) -> bool:
+        """A restartable init container (``restartPolicy: Always``): a native sidecar."""
+        return self.init and self.spec.get("restartPolicy") == "Always"
 
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -303,9 +321,21 @@ class PodWorker(threading.Thread):
         self.last_status: JSON | None = None
         self.last_volume_refresh = 0.0
         self.deleted_by_us = False
+        #: every regular container has ended for good (or initialization failed for good):
+        #: the sidecars are being stopped and are not restarted
+        self.completing = False
         spec = pod.get("spec") or {}
         self.containers = [
-            Container(c, ContainerRecord(c["name"], c.get("image", ""), init=True), True)
+            Container(
+                c,
+                ContainerRecord(
+                    c["name"],
+                    c.get("image", ""),
+                    init=True,
+                    sidecar=c.get("restartPolicy") == "Always",
+                ),
+                True,
+            )
             for c in spec.get("initContainers") or []
         ] + [
             Container(
@@ -413,6 +443,7 @@ class PodWorker(threading.Thread):
                     grace = self.pod["metadata"].get("deletionGracePeriodSeconds")
                     self._terminate_all(float(grace if grace is not None else 30), "Killing")
                 self._reap()
+                self._advance_stops()
                 if any(c.running() for c in self.containers):
                     self._sync_status()
                     continue
@@ -430,8 +461,10 @@ class PodWorker(threading.Thread):
                 self.last_volume_refresh = time.monotonic()
                 self.volumes.refresh()
             self._reap()
+            self._complete_if_done()
             if self.volumes_ready:
                 self._start_due()
+            self._advance_stops()
             phase = self._phase()
             if phase in {"Succeeded", "Failed"} and not any(c.running() for c in self.containers):
                 self.terminal = True
@@ -558,20 +591,80 @@ class PodWorker(threading.Thread):
 
     # --- containers ----------------------------------------------------------------------
 
+    def _pod_initialized(self) -> bool:
+        """A regular container has run: init containers are done with (sidecars aside)."""
+        return any(c.runs for c in self.containers if not c.init)
+
     def _start_due(self) -> None:
+        """What the kubelet's ``computeInitContainerActions`` and ``computePodActions`` start.
+
+        Before initialization the init containers go in order: a regular one must exit 0, a
+        sidecar must be *started* (its startupProbe succeeded, or at once without one) before
+        the next init container starts; then the regular containers start. A sidecar that
+        exits is restarted whatever the pod's restartPolicy (with the crash-loop back-off),
+        before initialization as after it, until the pod completes.
+        """
         now = time.monotonic()
-        init = [c for c in self.containers if c.init]
-        for container in init:
-            if container.record.succeeded():
-                continue
-            if not container.running() and not container.done and now >= container.next_start:
-                self._start(container)
-            return  # init containers run one at a time, in order
+        if not self._pod_initialized():
+            init = [c for c in self.containers if c.init]
+            # as the kubelet does: the furthest init container that ran decides what is next;
+            # the sidecars before it are kept running
+            last = max((i for i, c in enumerate(init) if c.runs), default=-1)
+            for container in init[: max(last, 0)]:
+                if container.sidecar:
+                    self._start_if_due(container, now)
+            if last >= 0:
+                container = init[last]
+                if container.running():
+                    if not (container.sidecar and container.record.started):
+                        return  # a regular one runs to its end; a sidecar's startupProbe
+                elif container.sidecar or not container.record.succeeded():
+                    self._start_if_due(container, now)  # restarted (unless it failed the pod)
+                    return
+            if last + 1 < len(init):
+                self._start_if_due(init[last + 1], now)
+                return
         for container in self.containers:
-            if container.init or container.running() or container.done:
+            if container.running() or container.done:
                 continue
-            if now >= container.next_start:
-                self._start(container)
+            if container.init and not container.sidecar:
+                continue
+            self._start_if_due(container, now)
+
+    def _start_if_due(self, container: Container, now: float) -> None:
+        if container.running() or container.done or now < container.next_start:
+            return
+        if container.sidecar and self.completing:
+            return
+        self._start(container)
+
+    def _complete_if_done(self) -> None:
+        """Every regular container ended for good (restartPolicy Never/OnFailure), or a
+        regular init container failed with Never: stop the sidecars, the last one first,
+        each once the regular containers and the sidecars after it have exited (the
+        kubelet's termination ordering), within the pod's terminationGracePeriodSeconds."""
+        if self.completing:
+            return
+        main = [c for c in self.containers if not c.init]
+        init_failed = any(
+            c.done and c.record.failed() for c in self.containers if c.init and not c.sidecar
+        )
+        if not init_failed and not (main and all(c.done for c in main)):
+            return
+        self.completing = True
+        grace = float((self.pod.get("spec") or {}).get("terminationGracePeriodSeconds", 30))
+        for container in reversed(self.containers):
+            if not container.sidecar:
+                continue
+            container.done = True
+            if container.running():
+                self.rt.event(
+                    self.pod,
+                    "Killing",
+                    f"Stopping container {container.name}",
+                    node=self.node.name,
+                )
+                self._terminate(container, grace)
 
     def _waiting(self, container: Container, reason: str, message: str = "") -> None:
         container.record.state = "waiting"
@@ -705,6 +798,8 @@ class PodWorker(threading.Thread):
         container.attempt = attempt
         container.kill_deadline = None
         container.killing_reason = ""
+        container.stopping = container.term_sent = container.pre_stop_running = False
+        container.ordered = False
         record.container_id = "lab://" + secrets.token_hex(32)
         record.state = "running"
         record.started_at = now_iso()
@@ -825,11 +920,14 @@ class PodWorker(threading.Thread):
         record.ready = False
         record.started = False
         policy = self.restart_policy
-        restart = not self.deleting and (
-            policy == "Always" or (policy == "OnFailure" and exit_code != 0)
-        )
-        if container.init and exit_code == 0:
-            restart = False
+        if container.sidecar:  # restarted whatever the pod's restartPolicy and exit code
+            restart = not self.deleting and not self.completing and not container.done
+        else:
+            restart = not self.deleting and (
+                policy == "Always" or (policy == "OnFailure" and exit_code != 0)
+            )
+            if container.init and exit_code == 0:
+                restart = False
         logger.info(
             "pod %s/%s: container %s exited %d (%s)%s",
             self.namespace,
@@ -929,44 +1027,78 @@ class PodWorker(threading.Thread):
         self._terminate(container, float(grace))
 
     def _terminate(self, container: Container, grace: float) -> None:
-        """``lifecycle.preStop`` (if any), SIGTERM, SIGKILL at the deadline (the kubelet's
-        order: the hook's time counts against the grace period, with 2 s left at least)."""
-        if not container.running() or container.kill_deadline is not None:
+        """Stop a container as the kubelet's ``killContainer`` does: ``lifecycle.preStop``
+        (if any) at once, then SIGTERM, SIGKILL at the end of the grace period.
+
+        The hook's time counts against the grace period. A sidecar stopped with its pod
+        (deletion, or the pod completing) waits, after its hook, for its turn: until every
+        regular container and every later sidecar has exited, or the grace period ran out.
+        A container that waited (hook or turn) gets 2 s after its SIGTERM at least. The
+        SIGTERM itself is sent by the pod's loop (:meth:`_advance_stops`).
+        """
+        if not container.running() or container.stopping:
             return
-        container.kill_deadline = time.monotonic() + max(grace, 0.0)
+        container.stopping = True
+        container.term_sent = False
+        container.stop_deadline = time.monotonic() + max(grace, 0.0)
+        container.ordered = container.sidecar and (self.deleting or self.completing)
         pre_stop = (container.spec.get("lifecycle") or {}).get("preStop")
         handlers = container.handlers
-        if not pre_stop or handlers is None:
-            container.signal(signal.SIGTERM)
-            self.wake()
-            return
+        if pre_stop and handlers is not None:
+            container.pre_stop_running = True
+            proc = container.proc
 
-        def pre_stop_then_term() -> None:
-            if not handlers.run(pre_stop, max(grace, 1.0)):
-                self.rt.event(
-                    self.pod,
-                    "FailedPreStopHook",
-                    f"PreStopHook failed for {container.name}",
-                    warning=True,
-                    node=self.node.name,
-                )
-            container.signal(signal.SIGTERM)
-            if container.kill_deadline is not None:
-                container.kill_deadline = max(container.kill_deadline, time.monotonic() + 2.0)
-            self.wake()
+            def run_pre_stop() -> None:
+                if not handlers.run(pre_stop, max(grace, 1.0)) and container.proc is proc:
+                    self.rt.event(
+                        self.pod,
+                        "FailedPreStopHook",
+                        f"PreStopHook failed for {container.name}",
+                        warning=True,
+                        node=self.node.name,
+                    )
+                if container.proc is proc:
+                    container.pre_stop_running = False
+                self.wake()
 
-        threading.Thread(
-            target=pre_stop_then_term, name=f"prestop-{container.name}", daemon=True
-        ).start()
+            threading.Thread(
+                target=run_pre_stop, name=f"prestop-{container.name}", daemon=True
+            ).start()
+        self.wake()
+
+    def _advance_stops(self) -> None:
+        """SIGTERM to each stopping container whose hook ran and whose turn came."""
+        now = time.monotonic()
+        for index, container in enumerate(self.containers):
+            if not container.stopping or container.term_sent or not container.running():
+                continue
+            if now < container.stop_deadline:
+                if container.pre_stop_running:
+                    continue
+                later = self.containers[index + 1 :] if container.ordered else []
+                if any(c.running() and (c.sidecar or not c.init) for c in later):
+                    continue
+            waited = container.ordered or bool(
+                (container.spec.get("lifecycle") or {}).get("preStop")
+            )
+            container.signal(signal.SIGTERM)
+            container.term_sent = True
+            container.kill_deadline = (
+                max(container.stop_deadline, now + 2.0) if waited else container.stop_deadline
+            )
 
     def _terminate_all(self, grace: float, reason: str) -> None:
+        """Pod deletion: the regular (and running init) containers at once, the sidecars in
+        reverse order after them (see :meth:`_terminate`)."""
         for container in self.containers:
             container.done = True
+        for container in self.containers:
             if container.running():
                 self.rt.event(
                     self.pod, reason, f"Stopping container {container.name}", node=self.node.name
                 )
                 self._terminate(container, grace)
+        self._advance_stops()
 
     def _kill_all(self, grace: float) -> None:
         deadline = time.monotonic() + grace

@@ -16,6 +16,7 @@ from typing import Any
 __all__ = [
     "ContainerRecord",
     "build_conditions",
+    "has_started",
     "now_iso",
     "pod_phase",
     "readiness_gates_problem",
@@ -89,6 +90,11 @@ class ContainerRecord:
         return self.state == "terminated" and (self.terminated or {}).get("exitCode") != 0
 
 
+def has_started(record: ContainerRecord) -> bool:
+    """Whether the container ran at least once (running, ended, or waiting to restart)."""
+    return record.state != "waiting" or record.last_terminated is not None
+
+
 def pod_phase(
     init: Sequence[ContainerRecord],
     main: Sequence[ContainerRecord],
@@ -97,11 +103,24 @@ def pod_phase(
     terminal: bool = False,
 ) -> str:
     """The kubelet's ``getPhase``; ``terminal`` once the pod is being torn down for good
-    (then a phase that is not Succeeded/Failed becomes Failed, as the kubelet does)."""
+    (then a phase that is not Succeeded/Failed becomes Failed, as the kubelet does).
+
+    Sidecars (restartable init containers) count as running while they run; one that runs
+    but has not started (its startupProbe) or has never run holds the pod Pending until a
+    regular container has started; a terminated sidecar, or one waiting to restart, does not
+    count at all (so the sidecars stopped after the regular containers ended leave the phase
+    to the regular containers).
+    """
     pending_init = failed_init = pending_sidecars = 0
+    waiting = running = stopped = succeeded = 0
     for record in init:
         if record.sidecar:
-            pending_sidecars += record.state != "running"
+            if record.state == "running":
+                running += 1
+                pending_sidecars += not record.started
+            elif record.state == "waiting" and record.last_terminated is None:
+                pending_sidecars += 1
+                waiting += 1
             continue
         if record.state == "terminated":
             failed_init += not record.succeeded()
@@ -109,7 +128,7 @@ def pod_phase(
             failed_init += record.last_terminated.get("exitCode") != 0
         else:
             pending_init += 1
-    waiting = running = stopped = succeeded = 0
+    initialized = any(has_started(record) for record in main)
     for record in main:
         if record.state == "running":
             running += 1
@@ -123,7 +142,7 @@ def pod_phase(
     phase = "Pending"
     if failed_init and restart_policy == "Never":
         phase = "Failed"
-    elif pending_init or waiting:
+    elif pending_init or (pending_sidecars and not initialized) or waiting:
         phase = "Pending"
     elif running:
         phase = "Running"
@@ -183,10 +202,13 @@ def build_conditions(
     """
     prev = {c.get("type", ""): c for c in previous}
     completed = phase in {"Succeeded", "Failed"}
-    pending_init = [c.name for c in init if not c.sidecar and not c.succeeded()]
-    pending_init += [c.name for c in init if c.sidecar and not c.ready]
-    initialized = not pending_init or (completed and not any(c.failed() for c in init))
-    if initialized:
+    # a regular init container has initialized once it succeeded, a sidecar once it started;
+    # once a regular container has started the pod stays initialized (a sidecar restarting
+    # does not undo it)
+    pending_init = [c.name for c in init if not (c.started if c.sidecar else c.succeeded())]
+    if phase == "Succeeded":
+        init_condition = _condition("Initialized", True, "PodCompleted", previous=prev)
+    elif not pending_init or any(has_started(c) for c in main):
         init_condition = _condition("Initialized", True, previous=prev)
     else:
         init_condition = _condition(
@@ -196,7 +218,8 @@ def build_conditions(
             f"containers with incomplete status: [{' '.join(pending_init)}]",
             previous=prev,
         )
-    unready = [c.name for c in main if not c.ready]
+    unready = [c.name for c in init if c.sidecar and not c.ready]
+    unready += [c.name for c in main if not c.ready]
     if completed:
         ready_args: tuple[bool, str, str] = (False, "PodCompleted", "")
     elif unready:
