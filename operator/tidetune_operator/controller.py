@@ -351,6 +351,7 @@ class Controller:
             job=job,
             now=now,
             launcher=launched,
+            previous_attempts=self._previous_attempts(key, job, launched),
             ref_problems=problems,
             pool=pool,
             admission=self._admission_for(job, pool, now),
@@ -391,6 +392,26 @@ class Controller:
         if phase in ACTIVE_PHASES or (phase is Phase.SUSPENDED and self.launched.get(_key(job))):
             return self.config.observe_interval_seconds
         return self.config.resync_interval_seconds
+
+    def _previous_attempts(
+        self, key: JobKey, job: FineTuneJob, newest: dict[str, Any] | None
+    ) -> tuple[str, ...]:
+        """Launched jobs of earlier attempts still there (deleted in the foreground, they
+        stay until their pods are gone)."""
+        if newest is None:
+            return ()
+        name = newest["metadata"]["name"]
+        return tuple(
+            sorted(
+                o["metadata"]["name"]
+                for o in (self.launched.get(key) or {}).values()
+                if o["metadata"]["name"] != name
+                and any(
+                    ref.get("uid") == job.metadata.uid
+                    for ref in (o.get("metadata") or {}).get("ownerReferences") or []
+                )
+            )
+        )
 
     def _newest_launched(self, key: JobKey, job: FineTuneJob) -> dict[str, Any] | None:
         objects = [
@@ -455,8 +476,15 @@ class Controller:
                 self.observe_launched("MODIFIED", obj, enqueue=False)
             elif action.kind is ActionKind.DELETE_LAUNCHER:
                 assert action.name is not None
-                await self.kube.delete(self.launcher_resource, action.name, ns)
-                self.launched.get(_key(job), {}).pop(action.name, None)
+                # in the foreground: the object stays until its pods are gone, and the next
+                # attempt starts only then (reconcile._hand_over)
+                left = await self.kube.delete(
+                    self.launcher_resource, action.name, ns, propagation="Foreground"
+                )
+                if left is None:
+                    self.launched.get(_key(job), {}).pop(action.name, None)
+                else:
+                    self.observe_launched("MODIFIED", left, enqueue=False)
 
     async def _write_status(
         self, key: JobKey, body: dict[str, Any], status: dict[str, Any]

@@ -250,14 +250,27 @@ class Kube:
             "PATCH", res.path(namespace, name, sub), patch, "application/merge-patch+json"
         )
 
-    async def delete(self, res: Resource, name: str, namespace: str | None = None) -> None:
+    async def delete(
+        self,
+        res: Resource,
+        name: str,
+        namespace: str | None = None,
+        *,
+        propagation: str = "Background",
+    ) -> dict[str, Any] | None:
+        """Delete; the object as the server still holds it (``Foreground``: with its
+        ``deletionTimestamp``, until its dependents are gone), or ``None`` once gone."""
         try:
-            await self._call(
-                "DELETE", res.path(namespace, name), {"propagationPolicy": "Background"}
+            body = await self._call(
+                "DELETE", res.path(namespace, name), {"propagationPolicy": propagation}
             )
         except ApiError as err:
             if not err.not_found:
                 raise
+            return None
+        if isinstance(body, dict) and body.get("kind") not in (None, "Status"):
+            return body
+        return None
 
 
 def _ssl_context(info: kopf.ConnectionInfo) -> ssl.SSLContext | bool:

@@ -110,6 +110,9 @@ class World:
     artifacts: ArtifactCheck | None = None
     #: the launch this world's last decision asked for was refused by the API server
     launch_refused: LaunchRefusal | None = None
+    #: names of earlier attempts' launched jobs still there (being deleted: their pods may
+    #: still be stopping and writing to the run location)
+    previous_attempts: tuple[str, ...] = ()
 
 
 class ActionKind(StrEnum):
@@ -609,10 +612,25 @@ def _without_launcher(b: _Builder) -> None:
     )
 
 
+def _hand_over(b: _Builder) -> None:
+    """The next attempt waits (suspended) while an earlier one's pods are still stopping."""
+    names = ", ".join(b.world.previous_attempts)
+    b.status["message"] = f"waiting for {names} to stop before the next attempt starts"
+
+
+def _has_run(obj: dict[str, Any]) -> bool:
+    """Whether a launched job's pods ever ran (it has a Running condition, true or not)."""
+    conditions = (obj.get("status") or {}).get("conditions") or []
+    return any(c.get("type") == "Running" for c in conditions)
+
+
 def _next_attempt(b: _Builder, old_name: str, why: str) -> None:
+    """Replace attempt N by N+1. N+1 is created suspended and started only once N's
+    launched job is gone (deleted in the foreground: after its pods), so that two attempts
+    never write to the run location at once (see :func:`_hand_over`)."""
     b.act(ActionKind.DELETE_LAUNCHER, name=old_name)
     attempt = int(b.status.get("attempt", 1)) + 1
-    _launch(b, attempt, suspend=_desired_suspend(b.world) is not None)
+    _launch(b, attempt, suspend=True)
     b.timeline(
         "Resumed", Reason.RESUMED, f"attempt {attempt} resumes from {_last_checkpoint(b)} ({why})"
     )
@@ -662,9 +680,14 @@ def _finished(b: _Builder, obj: dict[str, Any], state: LauncherState) -> None:
             b.fail(Reason.BAD_DATA, message)
             return
         if outcome in (exitcodes.Outcome.PREEMPTED, exitcodes.Outcome.KILLED):
-            if why_not is not None and outcome is exitcodes.Outcome.PREEMPTED:
-                # stopped on purpose (suspend / window closing) and the launcher reported it
-                # as a failure: stay suspended on the same attempt's checkpoint
+            if why_not is not None:
+                # Stopped on purpose (suspend, window closing). The training operator
+                # (restartPolicy Never, backoffLimit 0) marks the job Failed when the
+                # SIGTERMed trainer exits non-zero before its pods are deleted, and a Failed
+                # job is never run again, even once unsuspended: this attempt is over. The
+                # next one is created suspended and waits for the resume; no preemption.
+                b.act(ActionKind.DELETE_LAUNCHER, name=name)
+                _launch(b, int(b.status.get("attempt", 1)) + 1, suspend=True)
                 b.set_phase(
                     Phase.SUSPENDED, f"suspended ({why_not}); resumes from {_last_checkpoint(b)}"
                 )
@@ -743,17 +766,35 @@ def _alive(b: _Builder, obj: dict[str, Any], state: LauncherState) -> None:
             if b.phase is not Phase.SUSPENDED and b.phase is not Phase.QUEUED:
                 b.set_phase(Phase.SUSPENDED, world.admission.message)
             return
-        b.act(ActionKind.RESUME_LAUNCHER, name=name)
+        if world.previous_attempts:
+            _hand_over(b)
+            return
         was = get_condition(b.status, C.SUSPENDED)
+        if not (was and was.get("status") == "True"):
+            # the next attempt, created suspended for the hand-over: start it now
+            b.act(ActionKind.RESUME_LAUNCHER, name=name)
+            return
         reason = (
             Reason.WINDOW_OPENED
             if was and was.get("reason") == Reason.WINDOW_CLOSING
             else Reason.RESUMED_BY_USER
         )
+        if _has_run(obj):
+            # A launcher that ran and was suspended is not run again: the training operator
+            # may still count the SIGTERMed pod as a failed replica once it is unsuspended
+            # (and fail it for good). The next attempt resumes from the checkpoint instead,
+            # once this one's pods are gone.
+            attempt = int(b.status.get("attempt", 1)) + 1
+            b.act(ActionKind.DELETE_LAUNCHER, name=name)
+            _launch(b, attempt, suspend=True)
+            what = f"attempt {attempt} resumes from {_last_checkpoint(b)}"
+        else:
+            b.act(ActionKind.RESUME_LAUNCHER, name=name)
+            what = f"{name} resumes from {_last_checkpoint(b)}"
         b.condition(C.SUSPENDED, False, reason, "resumed")
         b.set_phase(Phase.RUNNING, f"resuming from {_last_checkpoint(b)}")
         b.condition(C.RUNNING, False, reason, "resuming")
-        b.timeline("Resumed", reason, f"{name} resumes from {_last_checkpoint(b)}")
+        b.timeline("Resumed", reason, what)
         b.start_stint()
         return
 

@@ -257,6 +257,117 @@ def test_suspend_and_resume_by_user(config: OperatorConfig) -> None:
     assert d.events[-1]["reason"] == "ResumedByUser"
 
 
+@pytest.mark.parametrize("exit_code", [exitcodes.PREEMPTED, None])
+def test_a_launcher_failed_by_the_suspension_is_replaced_by_a_suspended_next_attempt(
+    config: OperatorConfig, exit_code: int | None
+) -> None:
+    """The real training operator (restartPolicy Never, backoffLimit 0) marks a PyTorchJob
+    Failed when its SIGTERMed trainer exits non-zero before the pods are deleted, and never
+    runs a Failed job again: the next attempt is created suspended, resumed on unsuspend, and
+    no preemption is counted."""
+    job, pj = running_job(config)
+    job, _ = step(job, config, launcher=pj, run=RunState(state="running", step=5))
+    suspend = FineTuneJob.model_validate(
+        {
+            **job.model_dump(mode="json", by_alias=True, exclude_none=True),
+            "spec": {**job.spec.to_dict(), "suspend": True},
+        }
+    )
+    job, d = step(suspend, config, launcher=pj)
+    assert kinds(d) == [ActionKind.SUSPEND_LAUNCHER]
+    failed = {
+        **pj,
+        "spec": {**pj["spec"], "runPolicy": {**pj["spec"]["runPolicy"], "suspend": True}},
+        "status": {"conditions": [{"type": "Failed", "status": "True"}]},
+    }
+    run = RunState(
+        state="preempted" if exit_code else "running",
+        step=6,
+        checkpoints=[{"step": 6, "uri": "u"}],
+        exit_code=exit_code,
+    )
+    job, d = step(job, config, launcher=failed, run=run)
+    assert kinds(d) == [
+        ActionKind.DELETE_LAUNCHER,
+        ActionKind.CREATE_CONFIG_MAP,
+        ActionKind.CREATE_LAUNCHER,
+    ]
+    new = d.actions[2].body
+    assert new is not None and new["metadata"]["name"].endswith("-2")
+    assert new["spec"]["runPolicy"]["suspend"] is True
+    st = job.status
+    assert st is not None and st.phase is Phase.SUSPENDED
+    assert (st.preemptions, st.failures, st.attempt) == (0, 0, 2)
+    resume = FineTuneJob.model_validate(
+        {
+            **job.model_dump(mode="json", by_alias=True, exclude_none=True),
+            "spec": {**job.spec.to_dict(), "suspend": False},
+        }
+    )
+    fresh = {**new, "status": {"conditions": [{"type": "Suspended", "status": "True"}]}}
+    job, d = step(resume, config, launcher=fresh, run=run)
+    assert kinds(d) == [ActionKind.RESUME_LAUNCHER]
+    assert job.status is not None and job.status.phase is Phase.RUNNING
+    assert job.status.preemptions == 0
+
+
+def test_a_launcher_that_ran_is_not_unsuspended_the_next_attempt_resumes(
+    config: OperatorConfig,
+) -> None:
+    """Unsuspending a PyTorchJob whose pods ran lets the training operator count the
+    SIGTERMed pod (still terminating) as a failed replica and fail the job for good: the
+    resume creates the next attempt instead, and counts no preemption."""
+    job, pj = running_job(config)
+    job, _ = step(job, config, launcher=pj, run=RunState(state="running", step=5))
+    suspend = FineTuneJob.model_validate(
+        {
+            **job.model_dump(mode="json", by_alias=True, exclude_none=True),
+            "spec": {**job.spec.to_dict(), "suspend": True},
+        }
+    )
+    job, _ = step(suspend, config, launcher=pj)
+    ran = {
+        **pj,
+        "spec": {**pj["spec"], "runPolicy": {**pj["spec"]["runPolicy"], "suspend": True}},
+        "status": {
+            "conditions": [
+                {"type": "Created", "status": "True"},
+                {"type": "Running", "status": "False"},
+                {"type": "Suspended", "status": "True"},
+            ]
+        },
+    }
+    job, d = step(job, config, launcher=ran)
+    assert d.actions == [] and job.status is not None and job.status.phase is Phase.SUSPENDED
+    resume = FineTuneJob.model_validate(
+        {
+            **job.model_dump(mode="json", by_alias=True, exclude_none=True),
+            "spec": {**job.spec.to_dict(), "suspend": False},
+        }
+    )
+    job, d = step(resume, config, launcher=ran)
+    assert kinds(d) == [
+        ActionKind.DELETE_LAUNCHER,
+        ActionKind.CREATE_CONFIG_MAP,
+        ActionKind.CREATE_LAUNCHER,
+    ]
+    new = d.actions[2].body
+    # created suspended: it starts once attempt 1's pods are gone, never beside them
+    assert new is not None and new["spec"]["runPolicy"]["suspend"] is True
+    st = job.status
+    assert st is not None and st.phase is Phase.RUNNING
+    assert (st.attempt, st.preemptions) == (2, 0)
+    assert d.events[-1]["reason"] == "ResumedByUser"
+    assert "attempt 2 resumes from" in d.events[-1]["message"]
+    waiting = {**new, "status": {"conditions": [{"type": "Suspended", "status": "True"}]}}
+    old_name = pj["metadata"]["name"]
+    job, d = step(job, config, launcher=waiting, previous_attempts=(old_name,))
+    assert d.actions == [] and d.events == []
+    assert job.status is not None and old_name in (job.status.message or "")
+    job, d = step(job, config, launcher=waiting)
+    assert kinds(d) == [ActionKind.RESUME_LAUNCHER] and d.events == []
+
+
 def test_preempted_attempt_resumes_as_a_new_attempt(config: OperatorConfig) -> None:
     job, pj = running_job(config)
     job, _ = step(
@@ -441,7 +552,14 @@ def test_pool_window_queue_drain_and_reopen(config: OperatorConfig) -> None:
     job, d = step(
         job, config, launcher=suspended, admission=Admission(True, Reason.ADMITTED, "open")
     )
-    assert kinds(d) == [ActionKind.RESUME_LAUNCHER] and d.events[-1]["reason"] == "WindowOpened"
+    # it ran before the drain: the next attempt resumes from the checkpoint
+    assert kinds(d) == [
+        ActionKind.DELETE_LAUNCHER,
+        ActionKind.CREATE_CONFIG_MAP,
+        ActionKind.CREATE_LAUNCHER,
+    ]
+    assert d.events[-1]["reason"] == "WindowOpened"
+    assert job.status is not None and (job.status.attempt, job.status.preemptions) == (2, 0)
 
 
 def test_restarting_launcher_counts_one_preemption(config: OperatorConfig) -> None:
