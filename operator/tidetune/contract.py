@@ -97,6 +97,10 @@ class ProgressDocument(TypedDict, total=False):
     metrics: dict[str, Any]
     checkpoints: list[CheckpointRecord]
     artifacts: list[ArtifactStatus]
+    #: this trainer run's id, the pod it runs in (rank 0's), the step it resumed from
+    session: str
+    pod: str
+    resumedFrom: int | None
     message: str | None
     #: the trainer's exit code (:mod:`tidetune.exitcodes`), once it knows it
     exitCode: int
@@ -118,6 +122,9 @@ class RunState:
     message: str | None = None
     exit_code: int | None = None
     estimate: EstimateDocument | None = None
+    session: str | None = None
+    pod: str | None = None
+    resumed_from: int | None = None
 
     @classmethod
     def from_progress(
@@ -143,6 +150,13 @@ class RunState:
             checkpoints=[c for c in progress.get("checkpoints") or [] if isinstance(c, dict)],
             message=progress.get("message") if isinstance(progress.get("message"), str) else None,
             exit_code=int(code) if isinstance(code, int) else None,
+            session=progress.get("session") if isinstance(progress.get("session"), str) else None,
+            pod=progress.get("pod") if isinstance(progress.get("pod"), str) else None,
+            resumed_from=(
+                int(progress["resumedFrom"])
+                if isinstance(progress.get("resumedFrom"), int)
+                else None
+            ),
             estimate=EstimateDocument(**estimate_doc) if estimate_doc else None,  # type: ignore[typeddict-item]
         )
 

@@ -618,6 +618,31 @@ def _hand_over(b: _Builder) -> None:
     b.status["message"] = f"waiting for {names} to stop before the next attempt starts"
 
 
+def _trainer_session(b: _Builder, name: str, run: RunState) -> None:
+    """A pod replaced in place: with its node deleted, the Kubeflow controller recreates a
+    lost pod under the same launched job with no Failed condition, and the new trainer
+    resumes from the last complete checkpoint. It shows as a new trainer session of this
+    launched job's pod; count it as a preemption and say so."""
+    if not run.session or not (run.pod or "").startswith(f"{name}-"):
+        return  # not (yet) this launched job's trainer
+    seen = str(b.status.get("trainerSession") or "")
+    current = f"{name}/{run.session}"
+    if seen == current:
+        return
+    b.status["trainerSession"] = current
+    running = get_condition(b.status, C.RUNNING) or {}
+    if not seen.startswith(f"{name}/") or running.get("reason") == Reason.RESTARTING:
+        return  # its first session, or a restart already counted
+    b.status["preemptions"] = int(b.status.get("preemptions", 0)) + 1
+    b.timeline(
+        "Preempted",
+        Reason.NODE_RECLAIMED,
+        f"{name}: its pod was replaced (node lost?); the trainer resumed from step "
+        f"{run.resumed_from or 0}",
+        warning=True,
+    )
+
+
 def _has_run(obj: dict[str, Any]) -> bool:
     """Whether a launched job's pods ever ran (it has a Running condition, true or not)."""
     conditions = (obj.get("status") or {}).get("conditions") or []
@@ -647,6 +672,7 @@ def _with_launcher(b: _Builder, obj: dict[str, Any]) -> None:
         _alive(b, obj, state)
         if world.run is not None:
             _apply_run_state(b, world.run)
+            _trainer_session(b, obj["metadata"]["name"], world.run)
             progress = b.status.get("progress") or {}
             if b.phase is Phase.RUNNING and progress.get("totalSteps"):
                 b.status["message"] = f"step {progress['step']}/{progress['totalSteps']}"

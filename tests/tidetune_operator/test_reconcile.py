@@ -402,6 +402,35 @@ def test_preempted_attempt_resumes_as_a_new_attempt(config: OperatorConfig) -> N
     assert "resumes from step 57" in d.events[-1]["message"]
 
 
+def test_a_pod_replaced_in_place_counts_one_preemption(config: OperatorConfig) -> None:
+    """A node lost: the Kubeflow controller recreates the pod under the same PyTorchJob (no
+    Failed condition); the new trainer session of that job's pod is one preemption."""
+    job, pj = running_job(config)
+    name = pj["metadata"]["name"]
+
+    def run(session: str, pod: str, step: int, resumed: int | None = None) -> RunState:
+        return RunState(
+            state="running", step=step, session=session, pod=pod, resumed_from=resumed
+        )
+
+    # the previous attempt's progress.json (another pod) is not this attempt's session
+    job, d = step(job, config, launcher=pj, run=run("old", "other-1-master-0", 3))
+    assert job.status is not None and job.status.trainer_session is None
+    job, d = step(job, config, launcher=pj, run=run("s1", f"{name}-master-0", 5))
+    assert job.status is not None and job.status.trainer_session == f"{name}/s1"
+    assert job.status.preemptions == 0 and "Preempted" not in types(d)
+    job, d = step(job, config, launcher=pj, run=run("s1", f"{name}-master-0", 9))
+    assert job.status is not None and job.status.preemptions == 0
+    job, d = step(job, config, launcher=pj, run=run("s2", f"{name}-master-0", 10, resumed=10))
+    assert job.status is not None and job.status.preemptions == 1 and job.status.attempt == 1
+    preempted = [e for e in d.events if e["type"] == "Preempted"]
+    assert len(preempted) == 1 and preempted[0]["reason"] == "NodeReclaimed"
+    assert "pod was replaced" in preempted[0]["message"]
+    assert "resumed from step 10" in preempted[0]["message"]
+    job, d = step(job, config, launcher=pj, run=run("s2", f"{name}-master-0", 12, resumed=10))
+    assert job.status is not None and job.status.preemptions == 1
+
+
 def test_killed_trainer_counts_as_reclaimed_node(config: OperatorConfig) -> None:
     job, pj = running_job(config)
     failed = {**pj, "status": {"conditions": [{"type": "Failed", "status": "True"}]}}

@@ -42,6 +42,7 @@ import logging
 import math
 import os
 import time
+import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
@@ -184,6 +185,11 @@ class ProgressReporter:
         self.state = "starting"
         self.step = 0
         self.trained_tokens = 0
+        # this trainer run: the operator tells a pod replaced in place (its node lost) by a
+        # new session of the same launched job's pod
+        self.session = uuid.uuid4().hex[:12]
+        self.pod = os.environ.get("HOSTNAME", "")
+        self.resumed_from: int | None = None
         self.message: str | None = None
         self._rate_window: list[tuple[float, int, int]] = []  # (time, step, tokens)
         self.prom: PrometheusExporter | None = None
@@ -198,6 +204,7 @@ class ProgressReporter:
     # ------------------------------------------------------------------ lifecycle
 
     def resume(self, step: int, trained_tokens: int, checkpoints: list[dict[str, Any]]) -> None:
+        self.resumed_from = step
         """Continue a run: keep the metric lines up to ``step``, drop later ones."""
         self.step, self.trained_tokens = step, trained_tokens
         self.checkpoints = list(checkpoints)
@@ -414,6 +421,9 @@ class ProgressReporter:
             "checkpoints": cast(list[CheckpointRecord], list(self.checkpoints)),
             "artifacts": cast(list[ArtifactStatus], list(self.artifacts)),
             "message": self.message,
+            "session": self.session,
+            "pod": self.pod,
+            "resumedFrom": self.resumed_from,
         }
 
     def write_progress(self) -> None:

@@ -1179,6 +1179,14 @@ class FineTuneJobStatus(StatusModel):
         None, description="Start of the current running stint (maxRuntime counts it too)."
     )
     attempt: int = Field(0, ge=0, description="Launch attempts so far (1 after the first launch).")
+    trainer_session: str | None = Field(
+        None,
+        max_length=256,
+        description=(
+            "<launched job>/<trainer run id> last seen: a new run of the same launched job's "
+            "pod means the pod was replaced in place (its node lost), counted as a preemption."
+        ),
+    )
     launcher: LauncherRef | None = Field(None, description="The launched training job.")
     output_uri: str | None = Field(
         None,
