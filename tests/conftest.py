@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
+    from tests.lab.cluster import Lab as ClusterLab
+    from tests.lab.deploy import Stack
     from tests.lab.lab import Lab
     from tests.support.apiserver import ApiServer
     from tests.support.k8s import EmulatorServer
@@ -61,3 +63,35 @@ def apiserver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def cluster_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterLab]:
+    """The session's lab (:mod:`tests.lab.cluster`): a real cluster on this machine, its node
+    agent, the Kubeflow training operator, Kueue and S3 — started once, shared by the e2e and
+    observability tiers.
+
+    ``TIDETUNE_LAB_DIR=DIR`` uses the lab that ``python -m tests.lab --dir DIR`` keeps up
+    instead (quicker while working on a test; CI starts its own)."""
+    import os
+
+    from tests.lab.cluster import Lab as ClusterLab
+
+    if os.environ.get("TIDETUNE_LAB_DIR"):
+        yield ClusterLab.attach(os.environ["TIDETUNE_LAB_DIR"])
+        return
+    lab = ClusterLab(tmp_path_factory.mktemp("cluster")).start()
+    try:
+        yield lab
+    finally:
+        lab.stop()
+
+
+@pytest.fixture(scope="session")
+def stack(cluster_lab: ClusterLab) -> Stack:
+    """TideTune installed into the session's lab with its Helm chart (:mod:`tests.lab.deploy`).
+
+    A test that changes the operator's configuration (``stack.configure``) restores it."""
+    from tests.lab.deploy import Stack
+
+    return Stack(cluster_lab).install()

@@ -1,20 +1,22 @@
-"""End to end: kubectl apply → operator → PyTorchJob → real torchrun → status and S3.
+"""End to end: kubectl apply → operator (its chart's Deployment) → PyTorchJob → the real
+Kubeflow training operator → pods the scheduler binds and the node agent runs (real torchrun)
+→ status and S3.
 
-Each test uses its own namespace in one shared lab (API emulator, S3, the Kubeflow
-stand-in and the operator as a real ``kopf run``), so they cannot see each other's jobs.
+Each test uses its own namespaces (Pod Security ``restricted`` enforced) in the session's
+lab, so they cannot see each other's jobs.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import signal
 import time
+import urllib.request
 from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import Stack, sha256_of_artifact, tiny_job, wait_for
+from tests.lab.cluster import pod_main_pids
+from tests.lab.deploy import OPERATOR_NAMESPACE, Stack, sha256_of_artifact, tiny_job, wait_for
 
 pytestmark = [pytest.mark.e2e]
 
@@ -50,8 +52,8 @@ def test_job_trains_from_s3_and_tells_the_whole_story(stack: Stack, train_uri: s
         assert artifact["sizeBytes"] > 0
         assert sha256_of_artifact(stack, artifact) == artifact["sha256"], artifact["name"]
     # the timeline is also in Events
-    events = stack.core.list_namespaced_event("e2e-ok").items
-    reasons = {e.reason for e in events if e.involved_object.name == "story"}
+    events = json.loads(stack.kubectl("-n", "e2e-ok", "get", "events", "-o", "json"))["items"]
+    reasons = {e["reason"] for e in events if e["involvedObject"]["name"] == "story"}
     assert {"SpecValid", "Launched", "TrainingComplete", "ArtifactsExported"} <= reasons
     # kubectl shows the columns users look at
     table = stack.kubectl("get", "ftj", "-n", "e2e-ok")
@@ -64,14 +66,16 @@ def test_operator_killed_mid_run_is_restarted_and_launches_nothing_twice(
     stack.namespace("e2e-kill")
     stack.apply(tiny_job("survivor", "e2e-kill", train_uri, steps=40, every=10))
     stack.wait_step("e2e-kill", "survivor", 2)
-    pid = stack.operator_pid()
-    assert pid is not None
-    os.kill(pid, signal.SIGKILL)
-    wait_for(
-        lambda: (p := stack.operator_pid()) is not None and p != pid,
-        60,
-        "the operator to be restarted",
-    )
+    (pod,) = stack.operator_pods()
+    restarts = pod["status"]["containerStatuses"][0]["restartCount"]
+    stack.lab.kill_container(OPERATOR_NAMESPACE, pod["metadata"]["name"], "operator")
+
+    def restarted() -> bool:
+        (now,) = stack.operator_pods()
+        status = now["status"]["containerStatuses"][0]
+        return bool(status["restartCount"] > restarts and status.get("ready"))
+
+    wait_for(restarted, 90, "the operator container to be restarted", stack.operator_diagnostics)
     st = stack.wait_phase("e2e-kill", "survivor", "Succeeded", "Failed", timeout=240)
     assert st["phase"] == "Succeeded", st.get("message")
     assert len(stack.pytorchjobs("e2e-kill", "survivor")) == 1
@@ -124,7 +128,8 @@ def test_suspend_and_resume_continue_from_the_checkpoint(stack: Stack, train_uri
     assert st["phase"] == "Succeeded", st.get("message")
     reasons = [e["reason"] for e in st["timeline"]]
     assert "SuspendedByUser" in reasons and "ResumedByUser" in reasons
-    assert st["preemptions"] == 0 and len(stack.pytorchjobs("e2e-suspend", "pausable")) == 1
+    assert st["preemptions"] == 0, json.dumps(st["timeline"], indent=0)
+    assert len(stack.pytorchjobs("e2e-suspend", "pausable")) == 1
     # the metrics curve is one trajectory: every step once, resumed right after the checkpoint
     root = next(a for a in st["artifacts"] if a["name"] == "final")["uri"].removesuffix("final/")
     lines = (
@@ -140,31 +145,23 @@ def test_deleting_a_running_job_cleans_up_and_keeps_artifacts(stack: Stack, trai
     st = stack.wait_step("e2e-delete", "doomed", 3)
     uid = stack.ftj("e2e-delete", "doomed")["metadata"]["uid"]
     assert len(stack.pytorchjobs("e2e-delete", "doomed")) == 1
+    pods = [p["metadata"]["name"] for p in stack.pods("e2e-delete", "tidetune.io/job=doomed")]
+    assert pods and all(pod_main_pids(pod) for pod in pods)
     stack.kubectl("-n", "e2e-delete", "delete", "ftj", "doomed")
     wait_for(
         lambda: not stack.pytorchjobs("e2e-delete", "doomed"),
         60,
         "the PyTorchJob to be garbage-collected",
     )
-    configmaps = stack.core.list_namespaced_config_map(
-        "e2e-delete", label_selector="tidetune.io/job=doomed"
+    configmaps = stack.kubectl(
+        "-n", "e2e-delete", "get", "configmaps", "-l", "tidetune.io/job=doomed", "-o", "name"
     )
-    assert configmaps.items == []
-    # the trainer processes stop (the stand-in deletes the "pods")
-    wait_for(lambda: ("e2e-delete", "doomed") not in _running(stack), 60, "the trainer to stop")
+    assert configmaps.strip() == ""
+    # the garbage collector deletes the pods; their processes end
+    wait_for(lambda: not stack.pods("e2e-delete", "tidetune.io/job=doomed"), 90, "the pods to go")
+    assert not [pid for pod in pods for pid in pod_main_pids(pod)]
     # what was written stays in storage
     assert stack.keys(f"artifacts/e2e-delete/doomed/{uid}/run/checkpoints/"), st
-
-
-def _running(stack: Stack) -> set[tuple[str, str]]:
-    from tests.lab.kubeflow import KubeflowStandIn
-
-    kf = next(c for c in stack.lab.components if isinstance(c, KubeflowStandIn))
-    return {
-        (ns, name.rsplit("-", 2)[0])
-        for (ns, name), run in kf.runs.items()
-        if run.job is not None and run.job.poll() is None
-    }
 
 
 @pytest.mark.parametrize("where", ["missing", "other-namespace"])
@@ -230,34 +227,29 @@ def test_bad_data_fails_with_the_line_numbered_message(stack: Stack) -> None:
 def test_no_credential_value_leaks_anywhere(stack: Stack) -> None:
     """After the runs above: the storage secret key is in no status, spec, Event, launched
     object, ConfigMap, log or metric — only in the Secret itself and the trainer's env."""
-    import urllib.request
-
     secret = stack.s3.secret_key
     assert len(secret) >= 16  # a random key, so a hit cannot be a coincidence
     places: dict[str, str] = {}
-    for ftj in stack.custom.list_cluster_custom_object("tidetune.io", "v1alpha1", "finetunejobs")[
-        "items"
-    ]:
-        places[f"FineTuneJob {ftj['metadata']['name']}"] = json.dumps(ftj)
-    for pj in stack.custom.list_cluster_custom_object("kubeflow.org", "v1", "pytorchjobs")["items"]:
-        places[f"PyTorchJob {pj['metadata']['name']}"] = json.dumps(pj)
-    api = stack.core.api_client
-    for kind, items in (
-        ("Event", stack.core.list_event_for_all_namespaces().items),
-        ("ConfigMap", stack.core.list_config_map_for_all_namespaces().items),
-    ):
-        for item in items:
-            places[f"{kind} {item.metadata.namespace}/{item.metadata.name}"] = json.dumps(
-                api.sanitize_for_serialization(item)
+    for kind in ("finetunejobs", "pytorchjobs", "events", "configmaps", "pods"):
+        for item in json.loads(stack.kubectl("get", kind, "-A", "-o", "json"))["items"]:
+            meta = item["metadata"]
+            places[f"{kind} {meta.get('namespace')}/{meta['name']}"] = json.dumps(item)
+    # every container's log, as kubectl shows it, and what the node agent kept on disk
+    for pod in json.loads(stack.kubectl("get", "pods", "-A", "-o", "json"))["items"]:
+        meta = pod["metadata"]
+        for container in pod["spec"]["containers"] + pod["spec"].get("initContainers", []):
+            out = stack.lab.kubectl(
+                "-n", meta["namespace"], "logs", meta["name"], "-c", container["name"]
             )
-    logs = list((stack.lab.workdir / "logs").glob("*.log")) + list(
-        (stack.lab.workdir / "pods").rglob("*.log")
-    )
-    assert any(p.name.startswith("operator") for p in logs)
-    for path in logs:
+            places[f"log {meta['namespace']}/{meta['name']}/{container['name']}"] = out.stdout
+    files = list(stack.lab.workdir.glob("agent/pods/*/logs/*/*.log"))
+    assert files
+    for path in files:
         places[str(path)] = path.read_text(errors="replace")
-    assert stack.lab.metrics_url
-    with urllib.request.urlopen(stack.lab.metrics_url, timeout=10) as resp:
+    assert any(k.startswith(f"log {OPERATOR_NAMESPACE}/") and v for k, v in places.items())
+    (operator,) = stack.operator_pods()
+    url = f"http://{operator['status']['podIP']}:8080/metrics"
+    with urllib.request.urlopen(url, timeout=10) as resp:
         places["operator metrics"] = resp.read().decode()
     assert "tidetune_job_progress_ratio" in places["operator metrics"]
     leaks = [where for where, text in places.items() if secret in text]

@@ -1,33 +1,37 @@
-"""RBAC that is exactly enough: the chart grants what the operator used in the lab, no more.
+"""RBAC that is exactly enough, on the real API server: the chart grants what the operator
+used, no more, and the server refuses the operator what it does not grant.
 
-The lab's API emulator records every request as an RBAC authorizer sees it (verb, API group,
-resource[/subresource]) with its User-Agent; the ``stack`` fixture collects, at each lab's
-teardown, what the operator's two clients sent — kopf (``kopf/<version>``: list and watch)
-and the operator's own aiohttp client (``tidetune-operator/<version>``: everything else).
-This module runs last in tests/e2e (by name) and compares that with the rules of
-``helm template`` (default values: every namespace, one ClusterRole):
+The lab's kube-apiserver writes an audit log of every request (``--audit-log-path``, level
+Metadata): the user, the verb and the resource as its RBAC authorizer saw them, and the
+response code. This module runs last in tests/e2e (by name), after the other modules' jobs,
+and reads what the operator's ServiceAccount did there:
 
-- a used triple the chart does not grant → the operator would get 403 on a real cluster;
-- a granted triple nobody used and that is not in :data:`NEEDED_BUT_NOT_EXERCISED` (with a
-  reason) → more privilege than needed.
+- RBAC refused no request of the operator (the audit annotation
+  ``authorization.k8s.io/decision``);
+- a granted triple nobody used and not in :data:`NEEDED_BUT_NOT_EXERCISED` (with a reason)
+  is more privilege than needed;
+- dropping a rule the operator needs makes the real server refuse it (the job says so).
 
-Non-resource URLs (discovery: ``/api``, ``/apis``, ``/version``) need no rules and are not
-recorded.
+Non-resource URLs (discovery: ``/api``, ``/apis``, ``/version``) need no rules.
 """
 
 from __future__ import annotations
 
-import pytest
+import json
+from collections.abc import Iterator
+from typing import Any
 
-from tests.e2e.conftest import OPERATOR_AGENTS
+import pytest
+import yaml
+
 from tests.helm.chart import granted_rules, template, wildcard_rules
-from tests.support.k8s import RequestRecord
+from tests.lab.deploy import OPERATOR_USER, Stack, tiny_job, wait_for
 
 pytestmark = [pytest.mark.e2e]
 
 Rule = tuple[str, str, str]  # (apiGroup, resource[/subresource], verb)
 
-#: Rules a real cluster needs that the lab's end-to-end run may not exercise, each with the
+#: Rules the operator needs that the end-to-end run may not exercise, each with the
 #: code path that needs it. They are granted; they need not show up in the recording.
 NEEDED_BUT_NOT_EXERCISED: dict[Rule, str] = {
     ("kubeflow.org", "pytorchjobs", "get"): (
@@ -44,7 +48,8 @@ NEEDED_BUT_NOT_EXERCISED: dict[Rule, str] = {
     ("tidetune.io", "finetunejobs/finalizers", "update"): (
         "builders.owner_reference sets blockOwnerDeletion on the launched job and its "
         "ConfigMap; the OwnerReferencesPermissionEnforcement admission plugin allows that only "
-        "with update on the owner's finalizers (checked by the API server, never requested)"
+        "with update on the owner's finalizers (an authorization check of the API server, "
+        "not a request: test_without_finalizers_update_a_launch_is_refused exercises it)"
     ),
     ("tidetune.io", "idlepools/status", "patch"): (
         "Controller.reconcile_pool writes IdlePool status (open, next transition, GPUs used); "
@@ -53,45 +58,55 @@ NEEDED_BUT_NOT_EXERCISED: dict[Rule, str] = {
 }
 
 
-def _used(records: set[RequestRecord]) -> set[Rule]:
-    return {(r.group, r.resource, r.verb) for r in records}
+def audit_events(stack: Stack) -> Iterator[dict[str, Any]]:
+    """The operator's requests in the audit log (stage ResponseComplete)."""
+    with open(stack.lab.audit_log) as log:
+        for line in log:
+            event = json.loads(line)
+            if (
+                event.get("stage") == "ResponseComplete"
+                and event.get("user", {}).get("username") == OPERATOR_USER
+            ):
+                yield event
 
 
-def test_operator_requests_were_recorded(operator_api_usage: set[RequestRecord]) -> None:
-    if not operator_api_usage:
-        pytest.fail(
-            "no operator API requests were recorded in this session: this test compares what "
-            "the operator did in the end-to-end labs with the chart's RBAC, so run tests/e2e "
-            "as a whole (e.g. `.venv/bin/python -m pytest tests/e2e`), not this file alone"
-        )
-    agents = {r.user_agent.split("/", 1)[0] + "/" for r in operator_api_usage}
-    assert agents == set(OPERATOR_AGENTS), (
-        f"expected requests from both {OPERATOR_AGENTS}, saw {sorted(agents)}: "
-        "is the User-Agent header of tidetune_operator.kube still set?"
+def used_rules(stack: Stack) -> set[Rule]:
+    used = set()
+    for event in audit_events(stack):
+        ref = event.get("objectRef")
+        if ref is None:  # a non-resource URL
+            continue
+        resource = ref["resource"] + (f"/{ref['subresource']}" if ref.get("subresource") else "")
+        used.add((ref.get("apiGroup", ""), resource, event["verb"]))
+    return used
+
+
+def chart_rules() -> set[Rule]:
+    docs = template()
+    assert not wildcard_rules(docs)
+    return granted_rules(docs)
+
+
+def test_the_operator_was_refused_nothing(stack: Stack) -> None:
+    events = list(audit_events(stack))
+    assert len(events) > 50, "the audit log has (almost) no request of the operator"
+    refused = sorted(
+        {
+            f"{e['verb']} {e['requestURI'].split('?')[0]}"
+            for e in events
+            # the authorizer's verdict (a 403 can also be admission's, e.g. in a namespace
+            # being deleted)
+            if (e.get("annotations") or {}).get("authorization.k8s.io/decision") == "forbid"
+        }
     )
+    assert refused == [], f"the API server refused the operator: {refused}"
 
 
-def test_chart_grants_everything_the_operator_used(
-    operator_api_usage: set[RequestRecord],
-) -> None:
-    if not operator_api_usage:
-        pytest.fail("no operator API requests recorded: run tests/e2e as a whole")
-    granted = granted_rules(template())
-    missing = sorted(_used(operator_api_usage) - granted)
-    assert not missing, (
-        "the operator used these (apiGroup, resource, verb) but the chart's ClusterRole does "
-        f"not grant them (it would get 403 on a real cluster): {missing}; add them to "
-        "helm/tidetune/templates/_helpers.tpl"
-    )
-
-
-def test_chart_grants_nothing_more(operator_api_usage: set[RequestRecord]) -> None:
-    if not operator_api_usage:
-        pytest.fail("no operator API requests recorded: run tests/e2e as a whole")
-    granted = granted_rules(template())
-    assert wildcard_rules(granted) == []
-    assert {r for r in granted if r[1] == "secrets"} == {("", "secrets", "get")}
-    extra = sorted(granted - _used(operator_api_usage) - set(NEEDED_BUT_NOT_EXERCISED))
+def test_the_chart_grants_nothing_more(stack: Stack) -> None:
+    granted = chart_rules()
+    used = used_rules(stack)
+    assert used <= granted, f"used but not granted (a 403 on a cluster): {sorted(used - granted)}"
+    extra = sorted(granted - used - set(NEEDED_BUT_NOT_EXERCISED))
     assert not extra, (
         f"the chart grants {extra} but the operator never used them in the end-to-end run; "
         "drop them from the chart, or add them to NEEDED_BUT_NOT_EXERCISED with the reason"
@@ -100,54 +115,56 @@ def test_chart_grants_nothing_more(operator_api_usage: set[RequestRecord]) -> No
     assert not stale, f"NEEDED_BUT_NOT_EXERCISED lists rules the chart no longer grants: {stale}"
 
 
+def _drop_rule(stack: Stack, group: str, resource: str, verb: str) -> None:
+    """Edit the operator's ClusterRole in place (as an admin could) without ``verb`` on
+    ``group/resource``."""
+    name = "tidetune"
+    role = json.loads(stack.kubectl("get", "clusterrole", name, "-o", "json"))
+    rules = []
+    for rule in role["rules"]:
+        if group in rule.get("apiGroups", []) and resource in rule.get("resources", []):
+            others = [r for r in rule["resources"] if r != resource]
+            if others:
+                rules.append({**rule, "resources": others})
+            verbs = [v for v in rule["verbs"] if v != verb]
+            if verbs:
+                rules.append({**rule, "resources": [resource], "verbs": verbs})
+        else:
+            rules.append(rule)
+    role["rules"] = rules
+    for key in ("resourceVersion", "uid", "creationTimestamp", "managedFields"):
+        role["metadata"].pop(key, None)
+    stack.kubectl("replace", "-f", "-", input=yaml.safe_dump(role))
+
+
 @pytest.mark.parametrize(
-    ("method", "path", "query", "expected"),
+    ("rule", "expected"),
     [
-        (
-            "GET",
-            "/apis/tidetune.io/v1alpha1/finetunejobs",
-            {},
-            ("list", "tidetune.io", "finetunejobs"),
-        ),
-        (
-            "GET",
-            "/apis/tidetune.io/v1alpha1/finetunejobs",
-            {"watch": "true"},
-            ("watch", "tidetune.io", "finetunejobs"),
-        ),
-        ("GET", "/api/v1/namespaces/a/secrets/s3", {}, ("get", "", "secrets")),
-        ("POST", "/api/v1/namespaces/a/events", {}, ("create", "", "events")),
-        ("PUT", "/api/v1/namespaces/a/configmaps/c", {}, ("update", "", "configmaps")),
-        (
-            "PATCH",
-            "/apis/tidetune.io/v1alpha1/namespaces/a/finetunejobs/j/status",
-            {},
-            ("patch", "tidetune.io", "finetunejobs/status"),
-        ),
-        (
-            "DELETE",
-            "/apis/kubeflow.org/v1/namespaces/a/pytorchjobs/p",
-            {},
-            ("delete", "kubeflow.org", "pytorchjobs"),
-        ),
-        (
-            "DELETE",
-            "/apis/kubeflow.org/v1/namespaces/a/pytorchjobs",
-            {},
-            ("deletecollection", "kubeflow.org", "pytorchjobs"),
-        ),
-        ("GET", "/api/v1/namespaces", {}, ("list", "", "namespaces")),
-        ("GET", "/api/v1/namespaces/a", {}, ("get", "", "namespaces")),
-        ("PUT", "/api/v1/namespaces/a/finalize", {}, ("update", "", "namespaces/finalize")),
-        ("GET", "/api/v1/watch/namespaces/a/pods", {}, ("watch", "", "pods")),
-        ("GET", "/api", {}, None),
-        ("GET", "/apis/tidetune.io/v1alpha1", {}, None),
-        ("GET", "/version", {}, None),
+        (("tidetune.io", "finetunejobs/finalizers", "update"), "cannot set blockOwnerDeletion"),
+        (("kubeflow.org", "pytorchjobs", "create"), "forbidden"),
     ],
 )
-def test_requests_map_to_rbac_verbs_as_the_api_server_does(
-    method: str, path: str, query: dict[str, str], expected: tuple[str, str, str] | None
+def test_without_a_needed_rule_the_real_server_refuses_the_launch(
+    stack: Stack, train_uri: str, rule: Rule, expected: str
 ) -> None:
-    from tests.support.k8s import rbac_attributes
+    ns = "rbac-" + rule[1].replace("/", "-")
+    stack.namespace(ns)
+    _drop_rule(stack, *rule)
+    try:
+        stack.apply(tiny_job("refused", ns, train_uri))
 
-    assert rbac_attributes(method, path, query) == expected
+        def refused() -> dict[str, Any] | None:
+            st = stack.status(ns, "refused")
+            admitted = next(
+                (c for c in st.get("conditions") or [] if c["type"] == "Admitted"), None
+            )
+            return st if admitted and admitted["reason"] == "LaunchRefused" else None
+
+        st = wait_for(
+            refused, 60, f"{ns}/refused to be refused", lambda: stack.describe(ns, "refused")
+        )
+        assert st["phase"] == "Queued" and expected in st["message"], st["message"]
+    finally:
+        stack.install()  # helm puts the ClusterRole back
+    st = stack.wait_phase(ns, "refused", "Succeeded", "Failed")
+    assert st["phase"] == "Succeeded", st.get("message")

@@ -1,29 +1,31 @@
-"""``python -m tests.lab --dir DIR``: bring the lab up on loopback until SIGTERM or Ctrl-C.
+"""``python -m tests.lab --dir DIR``: a real cluster on this machine with TideTune installed,
+until SIGTERM or Ctrl-C.
 
-Prints one line containing ``ready`` when everything is up, with where to find the
-kubeconfig and lab.json. Then, e.g.::
+Prints one line containing ``ready`` when everything is up. Then, e.g.::
 
-    kubectl --kubeconfig DIR/kubeconfig get ftj -A -w
+    export KUBECONFIG=DIR/kubeconfig
+    kubectl apply -f examples/quickstart.yaml
+    kubectl get ftj -A -w
 
-It runs, on 127.0.0.1: the Kubernetes API emulator (CRDs applied), an S3 server (bucket
-``tidetune``), the Kubeflow training-operator stand-in (PyTorchJobs run as local
-``torchrun`` processes) and the TideTune operator (``kopf run``), restarted when it dies.
-``DIR/lab.json`` says where each part is (``s3``, ``operatorPid``, ``metricsUrl``).
+It runs etcd, kube-apiserver, the controller manager and scheduler, the node agent (its
+nodes run pods as local processes), the Kubeflow training operator, Kueue and an S3 server
+(bucket ``tidetune``), then installs TideTune with ``helm`` (``--no-tidetune``: not).
+``DIR/lab.json`` says where each part is; ``DIR/logs`` holds every process's log.
+Needs root and ``bash .ci/setup``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
-import shlex
 import signal
 import sys
 import threading
 from types import FrameType
 
-from tests.lab.kubeflow import KubeflowStandIn
-from tests.lab.lab import Lab
-from tests.lab.stack import build_lab
+from tests.lab.cluster import Lab
+from tests.lab.deploy import Stack
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -33,36 +35,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--dir", required=True, help="where kubeconfig, lab.json and logs/ go")
+    parser.add_argument("--no-tidetune", action="store_true", help="do not install TideTune")
+    parser.add_argument("--no-kueue", action="store_true", help="do not run Kueue")
     parser.add_argument(
-        "--crds",
-        action="append",
-        metavar="PATH",
-        help="CRD file or directory to apply at start (repeatable; default: crds/)",
-    )
-    parser.add_argument("--no-s3", action="store_true", help="do not start the S3 server")
-    parser.add_argument(
-        "--no-operator",
-        action="store_true",
-        help="do not run the TideTune operator (run your own against the kubeconfig)",
-    )
-    parser.add_argument(
-        "--no-kubeflow",
-        action="store_true",
-        help="do not run the Kubeflow training-operator stand-in",
-    )
-    parser.add_argument(
-        "--clock-offset",
-        type=float,
-        default=0.0,
-        metavar="SECONDS",
-        help="TEST FACILITY: shift the operator's clock (pool windows) by this much",
-    )
-    parser.add_argument(
-        "--run",
-        action="append",
-        default=[],
-        metavar="NAME=COMMAND",
-        help="supervise another process, restarted when it dies (repeatable)",
+        "--set-json",
+        metavar="JSON",
+        default="{}",
+        help='chart values merged over the lab\'s, e.g. \'{"config": {"maxFailures": 1}}\'',
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log the lab's own steps")
     return parser.parse_args(argv)
@@ -74,30 +53,11 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(message)s",
     )
-    if args.no_s3 and not args.no_operator:
-        print("--no-s3 needs --no-operator: the operator's jobs write to S3", file=sys.stderr)
+    try:
+        values = json.loads(args.set_json)
+    except ValueError as exc:
+        print(f"--set-json: not JSON: {exc}", file=sys.stderr)
         return 2
-    if args.crds or args.no_s3:
-        lab = Lab(args.dir, crds=args.crds, s3=not args.no_s3)
-        if not args.no_kubeflow:
-            lab.add_component(KubeflowStandIn())
-    else:
-        lab = build_lab(
-            args.dir,
-            operator=not args.no_operator,
-            kubeflow=not args.no_kubeflow,
-            operator_env={"TIDETUNE_CLOCK_OFFSET": str(args.clock_offset)},
-        )
-    for spec in args.run:
-        name, sep, command = spec.partition("=")
-        if not sep or not name or not command.strip():
-            print(
-                f"--run {spec!r}: expected NAME=COMMAND, e.g. --run sleeper='sleep 600'",
-                file=sys.stderr,
-            )
-            return 2
-        lab.add_process(name, shlex.split(command))
-
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -105,19 +65,22 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    lab = Lab(args.dir, kueue=not args.no_kueue)
     try:
         lab.start()
+        if not args.no_tidetune:
+            Stack(lab).install(values)
     except (OSError, ValueError, RuntimeError) as exc:
         print(f"lab: failed to start: {exc}", file=sys.stderr)
+        lab.stop()
         return 1
     try:
-        s3 = f" s3={lab.s3.endpoint} bucket={lab.s3.bucket}" if lab.s3 else ""
         print(
-            f"lab ready: api={lab.api_url} kubeconfig={lab.kubeconfig} info={lab.info_path}{s3}",
+            f"lab ready: api={lab.api_url} kubeconfig={lab.kubeconfig} info={lab.info_path} "
+            f"startup={lab.startup_seconds}",
             flush=True,
         )
-        while not stop.wait(0.5):
-            pass
+        stop.wait()
     finally:
         lab.stop()
         print("lab stopped", flush=True)

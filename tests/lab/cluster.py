@@ -140,6 +140,7 @@ class Lab:
         self.startup_seconds: dict[str, float] = {}
         self._exit = contextlib.ExitStack()
         self._lock = threading.Lock()
+        self._attached = False
 
     # -- where things are ---------------------------------------------------------------------
 
@@ -193,6 +194,33 @@ class Lab:
         tmp = self.info_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(self.info(), indent=2) + "\n")
         tmp.replace(self.info_path)
+
+    @classmethod
+    def attach(cls, workdir: str | pathlib.Path) -> Lab:
+        """A lab another process started (``python -m tests.lab --dir DIR``), from its
+        ``lab.json``: for tests run against a lab kept up between runs
+        (``TIDETUNE_LAB_DIR=DIR pytest …``). :meth:`stop` leaves it running."""
+        lab = cls(workdir)
+        try:
+            info = json.loads(lab.info_path.read_text())
+        except (OSError, ValueError) as exc:
+            raise LabError(f"{lab.info_path}: no running lab there ({exc})") from exc
+        lab.controlplane = ControlPlane(lab.workdir / "cluster")
+        lab.network.slot = int(info["network"]["bridge"].removeprefix("ttlab"))
+        if info.get("s3"):
+            s3 = info["s3"]
+            lab.s3 = S3Endpoint(
+                endpoint=s3["endpoint"],
+                access_key=s3["accessKey"],
+                secret_key=s3["secretKey"],
+                bucket=s3["bucket"],
+                region=s3.get("region", "us-east-1"),
+            )
+        lab.hooks_url = info.get("hooks") or ""
+        lab.hooks = NodeAgentClient(lab.hooks_url) if lab.hooks_url else None
+        lab.startup_seconds = dict(info.get("startupSeconds") or {})
+        lab._attached = True
+        return lab
 
     # -- life cycle -----------------------------------------------------------------------------
 
@@ -250,6 +278,8 @@ class Lab:
 
     def stop(self) -> None:
         """Stop everything the lab started (pods first, the control plane, the bridge last)."""
+        if self._attached:
+            return
         self._exit.close()
         self.controlplane = None
         self.supervisor = None

@@ -53,6 +53,8 @@ LAB_VALUES: dict[str, Any] = {
         "resyncIntervalSeconds": 5,
         "defaultOutputUri": "s3://tidetune/artifacts",
         "terminationGraceSeconds": 30,
+        # every step takes at least 50 ms, so that jobs can be caught mid-run on a fast machine
+        "trainerEnv": {"TIDETUNE_STEP_DELAY_SECONDS": "0.05"},
         "defaultResources": {
             "cpuPerGpu": "1",
             "memoryPerGpu": "2Gi",
@@ -108,6 +110,8 @@ class Stack:
                 "-f",
                 str(path),
                 "--wait",
+                # what a test changed by hand (a rule dropped from the ClusterRole) is put back
+                "--force-conflicts",
                 f"--timeout={int(timeout)}s",
             ],
             env={**self.lab.host_env(), "HELM_CACHE_HOME": str(self.lab.workdir / "helm")},
