@@ -409,9 +409,7 @@ def test_a_pod_replaced_in_place_counts_one_preemption(config: OperatorConfig) -
     name = pj["metadata"]["name"]
 
     def run(session: str, pod: str, step: int, resumed: int | None = None) -> RunState:
-        return RunState(
-            state="running", step=step, session=session, pod=pod, resumed_from=resumed
-        )
+        return RunState(state="running", step=step, session=session, pod=pod, resumed_from=resumed)
 
     # the previous attempt's progress.json (another pod) is not this attempt's session
     job, d = step(job, config, launcher=pj, run=run("old", "other-1-master-0", 3))
