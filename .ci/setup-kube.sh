@@ -14,6 +14,18 @@ mkdir -p "$TOOLS/bin" "$TOOLS/manifests"
 command -v go >/dev/null 2>&1 || { echo "setup-kube: Go is missing (go1.25 or newer)" >&2; exit 1; }
 export GOFLAGS=-mod=mod GOTOOLCHAIN=local
 
+# busybox applets for the init-pytorch container (alpine): sh, nslookup, seq, sleep …
+if [ ! -x "$TOOLS/busybox/sh" ]; then
+  if ! command -v busybox >/dev/null 2>&1 && [ ! -x /bin/busybox ]; then
+    SUDO=; [ "$(id -u)" = 0 ] || SUDO=sudo
+    $SUDO apt-get update -qq >/dev/null && $SUDO apt-get install -y -qq busybox-static >/dev/null
+  fi
+  BB=$(command -v busybox || echo /bin/busybox)
+  mkdir -p "$TOOLS/busybox"
+  cp "$BB" "$TOOLS/busybox/busybox"
+  for applet in $("$BB" --list); do ln -sf busybox "$TOOLS/busybox/$applet"; done
+fi
+
 K8S=v1.35.4
 KUEUE=v0.17.0
 KUBEFLOW=v1.9.3
@@ -51,14 +63,3 @@ copy_manifests() {  # MODULE_DIR MODULE@VERSION SUBDIR DEST
 copy_manifests tests/lab/go/cluster sigs.k8s.io/kueue@$KUEUE config/components kueue
 copy_manifests tests/lab/go/kubeflow github.com/kubeflow/training-operator@$KUBEFLOW manifests/base kubeflow
 
-# busybox applets for the init-pytorch container (alpine): sh, nslookup, seq, sleep …
-if [ ! -x "$TOOLS/busybox/sh" ]; then
-  if ! command -v busybox >/dev/null 2>&1 && [ ! -x /bin/busybox ]; then
-    SUDO=; [ "$(id -u)" = 0 ] || SUDO=sudo
-    $SUDO apt-get update -qq >/dev/null && $SUDO apt-get install -y -qq busybox-static >/dev/null
-  fi
-  BB=$(command -v busybox || echo /bin/busybox)
-  mkdir -p "$TOOLS/busybox"
-  cp "$BB" "$TOOLS/busybox/busybox"
-  for applet in $("$BB" --list); do ln -sf busybox "$TOOLS/busybox/$applet"; done
-fi

@@ -255,3 +255,30 @@ def test_no_credential_value_leaks_anywhere(stack: Stack) -> None:
     leaks = [where for where, text in places.items() if secret in text]
     assert leaks == [], f"the secret key appears in: {leaks}"
     assert len(places) > 20
+
+
+def test_a_two_node_job_runs_under_restricted_pod_security(stack: Stack, train_uri: str) -> None:
+    """Master + Worker: the training operator adds its init-pytorch container to the Worker
+    (the lab gives it the chart's restricted template, as helm/tidetune/README.md says to),
+    the namespace enforces restricted, and torchrun's two nodes meet at rendezvous."""
+    stack.namespace("e2e-multi")
+    stack.apply(
+        tiny_job(
+            "pair",
+            "e2e-multi",
+            train_uri,
+            steps=6,
+            every=3,
+            resources={"nodes": 2, "gpusPerNode": 0},
+        )
+    )
+    st = stack.wait_phase("e2e-multi", "pair", "Succeeded", "Failed", timeout=300)
+    assert st["phase"] == "Succeeded", st.get("message")
+    pods = stack.pods("e2e-multi", "tidetune.io/job=pair")
+    worker = next(p for p in pods if p["metadata"]["name"].endswith("-worker-0"))
+    (init,) = worker["spec"]["initContainers"]
+    assert init["name"] == "init-pytorch"
+    assert init["securityContext"]["runAsNonRoot"] is True
+    assert {
+        c["state"]["terminated"]["exitCode"] for c in worker["status"]["initContainerStatuses"]
+    } == {0}

@@ -38,6 +38,14 @@ MANIFESTS = TOOLS / "manifests"
 KUEUE_NAMESPACE = "kueue-system"
 KUBEFLOW_NAMESPACE = "kubeflow"
 KUBEFLOW_WEBHOOK = "validator.training-operator.kubeflow.org"
+#: the init container template TideTune's chart documents for restricted namespaces
+INIT_CONTAINER_TEMPLATE = (
+    pathlib.Path(__file__).resolve().parents[2]
+    / "helm"
+    / "tidetune"
+    / "files"
+    / "pytorch-init-container.yaml"
+)
 
 
 def manifests(*paths: pathlib.Path) -> Iterator[dict[str, Any]]:
@@ -189,6 +197,8 @@ def install_kubeflow(lab: Lab, *, controller: bool = True) -> None:
             f"--metrics-bind-address=127.0.0.1:{free_port()}",
             f"--health-probe-bind-address=127.0.0.1:{free_port()}",
             "--enable-scheme=pytorchjob",
+            # Workers' init-pytorch under restricted Pod Security, as the chart README says
+            f"--pytorch-init-container-template-file={INIT_CONTAINER_TEMPLATE}",
             "--zap-log-level=info",
         ],
         {**lab.host_env(), "MY_POD_NAMESPACE": KUBEFLOW_NAMESPACE},
