@@ -41,6 +41,7 @@ from tidetune_operator.kube import (
     EVENTS,
     FINETUNEJOBS,
     IDLEPOOLS,
+    PODS,
     ApiError,
     Kube,
     Resource,
@@ -347,10 +348,19 @@ class Controller:
                 self._observed[key] = _Observed(time.monotonic(), run, _rv(launched))
             else:
                 run = seen.run if seen else None
+        pods_waiting: tuple[str, str] | None = None
+        if (
+            launched is not None
+            and not self.launcher.is_suspended(launched)
+            and self.launcher.observe(launched).phase is LauncherPhase.PENDING
+        ):
+            pods = await self.kube.list(PODS, key[0], label_selector=f"{JOB_LABEL}={key[1]}")
+            pods_waiting = observe.pods_waiting(pods, launched["metadata"]["name"])
         world = World(
             job=job,
             now=now,
             launcher=launched,
+            pods_waiting=pods_waiting,
             previous_attempts=self._previous_attempts(key, job, launched),
             ref_problems=problems,
             pool=pool,

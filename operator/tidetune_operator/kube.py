@@ -24,6 +24,7 @@ import logging
 import os
 import ssl
 import tempfile
+import urllib.parse
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -163,6 +164,7 @@ IDLEPOOLS = Resource("tidetune.io", "v1alpha1", "idlepools", namespaced=False)
 SECRETS = Resource("", "v1", "secrets")
 CONFIGMAPS = Resource("", "v1", "configmaps")
 EVENTS = Resource("", "v1", "events")
+PODS = Resource("", "v1", "pods")
 
 
 class Kube:
@@ -218,6 +220,16 @@ class Kube:
             return result
         except (TimeoutError, aiohttp.ClientError) as err:
             raise ApiError(0, f"{method} {path}: {type(err).__name__}: {err}") from err
+
+    async def list(
+        self, res: Resource, namespace: str | None = None, *, label_selector: str = ""
+    ) -> list[dict[str, Any]]:
+        """The items of ``res`` (in ``namespace``), filtered by ``label_selector``."""
+        path = res.path(namespace)
+        if label_selector:
+            path += "?" + urllib.parse.urlencode({"labelSelector": label_selector})
+        items: list[dict[str, Any]] = (await self._call("GET", path)).get("items") or []
+        return items
 
     async def get(self, res: Resource, name: str, namespace: str | None = None) -> dict[str, Any]:
         return await self._call("GET", res.path(namespace, name))

@@ -104,3 +104,41 @@ def verify_artifacts(root: str, credentials: S3Credentials | None) -> ArtifactCh
             }
         )
     return ArtifactCheck(artifacts=out)
+
+
+def pods_waiting(pods: list[dict[str, Any]], launcher_name: str) -> tuple[str, str] | None:
+    """Why the launched job's pods do not run, as the cluster says it: the scheduler's
+    ``PodScheduled=False`` (``Unschedulable`` and its message), a container's waiting reason
+    (``ErrImagePull``, ``ImagePullBackOff``, ``CreateContainerConfigError``, …) or, while
+    nothing is wrong yet, ``ContainerCreating``. ``None`` when there is no pod of it."""
+    mine = [
+        p
+        for p in pods
+        if str(p.get("metadata", {}).get("name", "")).startswith(f"{launcher_name}-")
+    ]
+    if not mine:
+        return None
+    mine.sort(key=lambda p: str(p["metadata"]["name"]))
+    for pod in mine:  # the scheduler first: no capacity is the reason to tell
+        for cond in (pod.get("status") or {}).get("conditions") or []:
+            if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
+                reason = str(cond.get("reason") or "Unschedulable")
+                return reason, f"{pod['metadata']['name']}: {cond.get('message') or reason}"
+    creating: tuple[str, str] | None = None
+    for pod in mine:
+        name = pod["metadata"]["name"]
+        status = pod.get("status") or {}
+        statuses = (status.get("initContainerStatuses") or []) + (
+            status.get("containerStatuses") or []
+        )
+        for cs in statuses:
+            waiting = (cs.get("state") or {}).get("waiting") or {}
+            reason = str(waiting.get("reason") or "")
+            if reason and reason not in ("ContainerCreating", "PodInitializing"):
+                detail = waiting.get("message") or reason
+                return reason, f"{name}: container {cs.get('name')}: {detail}"
+            if reason and creating is None:
+                creating = (reason, f"{name}: {reason}")
+        if status.get("phase") == "Pending" and creating is None:
+            creating = ("ContainerCreating", f"{name}: scheduled, containers starting")
+    return creating

@@ -113,6 +113,9 @@ class World:
     #: names of earlier attempts' launched jobs still there (being deleted: their pods may
     #: still be stopping and writing to the run location)
     previous_attempts: tuple[str, ...] = ()
+    #: why the launched job's pods do not run yet: (reason, message) from the pods
+    #: (Unschedulable with the scheduler's message, ErrImagePull, …), None when unknown
+    pods_waiting: tuple[str, str] | None = None
 
 
 class ActionKind(StrEnum):
@@ -589,7 +592,6 @@ def _without_launcher(b: _Builder) -> None:
                 f"{b.launcher.kind} {name} created suspended for Kueue queue {kueue}",
             )
         else:
-            b.start_stint()
             b.set_phase(Phase.RUNNING, f"{b.launcher.kind} {name} launched")
             b.condition(
                 C.RUNNING,
@@ -733,8 +735,6 @@ def _finished(b: _Builder, obj: dict[str, Any], state: LauncherState) -> None:
             _next_attempt(b, name, "preempted")
             b.set_phase(Phase.RUNNING, f"resuming after preemption #{b.status['preemptions']}")
             b.condition(C.RUNNING, False, Reason.RESTARTING, "resuming after a preemption")
-            if why_not is None:
-                b.start_stint()
             return
         failures = int(b.status.get("failures", 0)) + 1
         b.status["failures"] = failures
@@ -753,7 +753,6 @@ def _finished(b: _Builder, obj: dict[str, Any], state: LauncherState) -> None:
         b.set_phase(
             Phase.RUNNING, f"retrying after a trainer failure ({failures}/{b.config.max_failures})"
         )
-        b.start_stint()
         return
 
 
@@ -821,7 +820,6 @@ def _alive(b: _Builder, obj: dict[str, Any], state: LauncherState) -> None:
         b.set_phase(Phase.RUNNING, f"resuming from {_last_checkpoint(b)}")
         b.condition(C.RUNNING, False, reason, "resuming")
         b.timeline("Resumed", reason, what)
-        b.start_stint()
         return
 
     if b.phase in (Phase.SUSPENDED, Phase.QUEUED, Phase.PENDING):
@@ -830,6 +828,17 @@ def _alive(b: _Builder, obj: dict[str, Any], state: LauncherState) -> None:
         if b.phase is Phase.QUEUED:
             b.timeline("Admitted", Reason.ADMITTED, f"{name} admitted")
         b.set_phase(Phase.RUNNING)
+    if state.phase is LauncherPhase.PENDING:
+        # Running only once its pods run: not billed, not counted towards maxRuntime
+        b.end_stint()
+        why, detail = world.pods_waiting or (
+            str(Reason.PODS_PENDING),
+            f"waiting for the pods of {name} to be scheduled and started",
+        )
+        b.condition(C.PODS_READY, False, why, detail)
+        b.status["message"] = f"pods not running: {why}: {detail}"[:1024]
+        return
+    b.condition(C.PODS_READY, True, Reason.PODS_RUNNING, f"the pods of {name} run")
     b.start_stint()
 
     if state.phase is LauncherPhase.RESTARTING:

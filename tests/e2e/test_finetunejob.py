@@ -282,3 +282,32 @@ def test_a_two_node_job_runs_under_restricted_pod_security(stack: Stack, train_u
     assert {
         c["state"]["terminated"]["exitCode"] for c in worker["status"]["initContainerStatuses"]
     } == {0}
+
+
+def test_pods_that_cannot_be_scheduled_are_not_billed_and_say_why(
+    stack: Stack, train_uri: str
+) -> None:
+    """A GPU job outside the GPU pool: the GPU nodes' taint and the CPU node's lack of
+    nvidia.com/gpu keep its pod Pending. The job says so (PodsReady=False with the
+    scheduler's words), has not started, and runs up no time."""
+    stack.namespace("e2e-unschedulable")
+    stack.apply(
+        tiny_job("stuck", "e2e-unschedulable", train_uri, resources={"nodes": 1, "gpusPerNode": 1})
+    )
+
+    def pods_not_ready() -> dict[str, Any] | None:
+        st = stack.status("e2e-unschedulable", "stuck")
+        cond = next((c for c in st.get("conditions") or [] if c["type"] == "PodsReady"), None)
+        return st if cond and cond["reason"] == "Unschedulable" else None
+
+    st = wait_for(
+        pods_not_ready, 90, "PodsReady=False (Unschedulable)",
+        lambda: stack.describe("e2e-unschedulable", "stuck"),
+    )  # fmt: skip
+    cond = next(c for c in st["conditions"] if c["type"] == "PodsReady")
+    assert cond["status"] == "False" and "nvidia.com/gpu" in cond["message"], cond
+    assert "Unschedulable" in st["message"]
+    time.sleep(3)
+    st = stack.status("e2e-unschedulable", "stuck")
+    assert st.get("runSeconds", 0) == 0 and "startTime" not in st and "runningSince" not in st
+    stack.kubectl("-n", "e2e-unschedulable", "delete", "ftj", "stuck")

@@ -26,6 +26,7 @@ NAMESPACED_RESOURCES = {
     "finetunejobs/finalizers",
     "pytorchjobs",
     "configmaps",
+    "pods",
     "secrets",
     "events",
 }

@@ -150,3 +150,51 @@ def test_the_token_file_is_read_only_when_it_changes(tmp_path: Path) -> None:
     path.unlink()  # between the kubelet's swaps: keep the last token
     assert source.current() == "two"
     assert source.refresh() is False and source.current() == "two"
+
+
+def test_why_pods_do_not_run_comes_from_the_scheduler_then_the_containers() -> None:
+    from tidetune_operator.observe import pods_waiting
+
+    def pod(name: str, **status: Any) -> dict[str, Any]:
+        return {"metadata": {"name": name}, "status": {"phase": "Pending", **status}}
+
+    unschedulable = pod(
+        "j-1-worker-0",
+        conditions=[
+            {
+                "type": "PodScheduled",
+                "status": "False",
+                "reason": "Unschedulable",
+                "message": "0/3 nodes are available: 3 Insufficient nvidia.com/gpu.",
+            }
+        ],
+    )
+    pulling = pod(
+        "j-1-master-0",
+        containerStatuses=[
+            {
+                "name": "pytorch",
+                "state": {"waiting": {"reason": "ImagePullBackOff", "message": "no such image"}},
+            }
+        ],
+    )
+    creating = pod(
+        "j-1-master-0",
+        containerStatuses=[
+            {"name": "pytorch", "state": {"waiting": {"reason": "ContainerCreating"}}}
+        ],
+    )
+    assert pods_waiting([], "j-1") is None
+    assert pods_waiting([pod("other-1-master-0")], "j-1") is None  # another attempt's pod
+    assert pods_waiting([pulling, unschedulable], "j-1") == (
+        "Unschedulable",
+        "j-1-worker-0: 0/3 nodes are available: 3 Insufficient nvidia.com/gpu.",
+    )
+    assert pods_waiting([pulling], "j-1") == (
+        "ImagePullBackOff",
+        "j-1-master-0: container pytorch: no such image",
+    )
+    assert pods_waiting([creating], "j-1") == (
+        "ContainerCreating",
+        "j-1-master-0: ContainerCreating",
+    )

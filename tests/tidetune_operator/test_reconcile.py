@@ -71,7 +71,8 @@ def test_new_job_is_validated_estimated_and_launched(config: OperatorConfig) -> 
     st = job.status
     assert st is not None and st.phase is Phase.RUNNING
     assert st.attempt == 1 and st.launcher is not None and st.launcher.kind == "PyTorchJob"
-    assert st.start_time == T0 and st.observed_generation == 1
+    # training has not started: its pods are not running yet
+    assert st.start_time is None and st.running_since is None and st.observed_generation == 1
     assert types(d) == ["Validated", "Estimated", "Launched"]
     assert st.estimate is not None and st.estimate.gpu_hours > 0 and st.estimate.cost > 0
     conds = {c.type: c.status for c in st.conditions}
@@ -81,6 +82,32 @@ def test_new_job_is_validated_estimated_and_launched(config: OperatorConfig) -> 
         "Suspended": "False",
         "Running": "False",
     }
+
+
+def test_pods_that_do_not_start_are_not_billed_and_say_why(config: OperatorConfig) -> None:
+    job, d = step(make_job(edits={"spec.scheduling.pool": None}), config)
+    pending = launched(d, "Created")
+    why = ("Unschedulable", "x-1-master-0: 0/3 nodes are available: 3 Insufficient nvidia.com/gpu")
+    for minutes in (10, 40):
+        job, d = step(
+            job, config, launcher=pending, pods_waiting=why, now=T0 + timedelta(minutes=minutes)
+        )
+        st = job.status
+        assert st is not None and st.phase is Phase.RUNNING
+        pods = next(c for c in st.conditions if c.type == "PodsReady")
+        assert (pods.status, pods.reason) == ("False", "Unschedulable")
+        assert "Insufficient nvidia.com/gpu" in pods.message and "Unschedulable" in st.message
+        assert st.run_seconds == 0 and st.running_since is None and st.start_time is None
+    running = {**pending, "status": {
+        "conditions": [{"type": "Created", "status": "True"}, {"type": "Running", "status": "True"}]
+    }}  # fmt: skip
+    job, d = step(job, config, launcher=running, now=T0 + timedelta(minutes=41))
+    st = job.status
+    assert st is not None and st.start_time == T0 + timedelta(minutes=41)
+    pods = next(c for c in st.conditions if c.type == "PodsReady")
+    assert (pods.status, pods.reason) == ("True", "PodsRunning")
+    job, d = step(job, config, launcher=running, now=T0 + timedelta(minutes=51))
+    assert job.status is not None and job.status.running_since == T0 + timedelta(minutes=41)
 
 
 def test_bad_reference_fails_without_launching(config: OperatorConfig) -> None:
@@ -503,6 +530,7 @@ def test_success_verifies_artifacts(config: OperatorConfig) -> None:
 
 def test_max_runtime_counts_all_attempts(config: OperatorConfig) -> None:
     job, pj = running_job(config, **{"spec.scheduling.maxRuntime": "1h"})
+    job, d = step(job, config, launcher=pj)  # its pods run from T0
     job, d = step(job, config, launcher=pj, now=T0 + timedelta(minutes=61))
     assert kinds(d) == [ActionKind.DELETE_LAUNCHER]
     assert job.status is not None and job.status.phase is Phase.FAILED
@@ -647,7 +675,7 @@ def test_cancel_running_job_deletes_the_launcher_and_keeps_the_record(
     assert st is not None and st.phase is Phase.CANCELLED
     assert st.message is not None and "step 20" in st.message and "kept" in st.message
     assert st.completion_time is not None and st.running_since is None
-    assert st.run_seconds == 600.0
+    assert st.run_seconds == 300.0  # from when its pods were seen running (T0 + 5 min)
     assert [c.step for c in st.checkpoints] == [20]  # the record is kept
     running = next(c for c in st.conditions if c.type == "Running")
     assert (running.status, running.reason) == ("False", "Cancelled")

@@ -93,6 +93,11 @@ used in the lab's end-to-end run (tests/e2e/test_zz_rbac.py).
 - apiGroups: [""]
   resources: ["configmaps"]
   verbs: ["create", "get"]
+# The launched job's pods, listed by label while they do not run (why: Unschedulable,
+# ErrImagePull, …, shown in the PodsReady condition). Never watched, never written.
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["list"]
 # The job's storage Secret, read by name only: never list or watch.
 - apiGroups: [""]
   resources: ["secrets"]

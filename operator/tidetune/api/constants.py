@@ -56,6 +56,8 @@ class ConditionType(StrEnum):
     VALIDATED = "Validated"
     ADMITTED = "Admitted"
     RUNNING = "Running"
+    #: the launched job's pods run (False: the scheduler's or the node's reason)
+    PODS_READY = "PodsReady"
     SUSPENDED = "Suspended"
     SUCCEEDED = "Succeeded"
     FAILED = "Failed"
@@ -64,6 +66,9 @@ class ConditionType(StrEnum):
 class Reason(StrEnum):
     """Machine-readable reasons, used by conditions and timeline entries alike."""
 
+    # pods of the launched job
+    PODS_PENDING = "PodsPending"
+    PODS_RUNNING = "PodsRunning"
     # validation
     SPEC_VALID = "SpecValid"
     SPEC_INVALID = "SpecInvalid"
