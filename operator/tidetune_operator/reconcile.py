@@ -614,6 +614,29 @@ def _without_launcher(b: _Builder) -> None:
     )
 
 
+def _preempted_by_kueue(b: _Builder, name: str) -> None:
+    """Kueue suspended a running job (its Workload was evicted: preempted by a higher
+    priority, or its ClusterQueue shrank). Not fought: the job waits in Queued. The next
+    attempt, created suspended with the same queue, gets a Workload of its own and resumes
+    from the checkpoint the trainer wrote on SIGTERM once Kueue admits it (a PyTorchJob that
+    ran is not unsuspended; see _alive)."""
+    b.end_stint()
+    b.status["preemptions"] = int(b.status.get("preemptions", 0)) + 1
+    attempt = int(b.status.get("attempt", 1)) + 1
+    b.act(ActionKind.DELETE_LAUNCHER, name=name)
+    _launch(b, attempt, suspend=True)
+    b.condition(C.RUNNING, False, Reason.PREEMPTED_BY_KUEUE, f"Kueue suspended {name}")
+    b.timeline(
+        "Preempted",
+        Reason.PREEMPTED_BY_KUEUE,
+        f"Kueue suspended {name} (its Workload was evicted); attempt {attempt} resumes from "
+        f"{_last_checkpoint(b)} when Kueue admits it",
+        warning=True,
+    )
+    b.status.setdefault("queuedTime", iso(b.now))
+    b.set_phase(Phase.QUEUED, f"preempted by Kueue; waiting for Kueue to admit attempt {attempt}")
+
+
 def _hand_over(b: _Builder) -> None:
     """The next attempt waits (suspended) while an earlier one's pods are still stopping."""
     names = ", ".join(b.world.previous_attempts)
@@ -787,6 +810,9 @@ def _alive(b: _Builder, obj: dict[str, Any], state: LauncherState) -> None:
             and b.phase is Phase.QUEUED
         ):
             return  # Kueue decides when it runs
+        if job.spec.scheduling.queue_name and _has_run(obj):
+            _preempted_by_kueue(b, name)
+            return
         if not world.admission.admitted:
             if b.phase is not Phase.SUSPENDED and b.phase is not Phase.QUEUED:
                 b.set_phase(Phase.SUSPENDED, world.admission.message)

@@ -568,6 +568,36 @@ def test_kueue_job_waits_for_kueue(config: OperatorConfig) -> None:
         and job.status.phase is Phase.RUNNING
         and job.status.start_time is not None
     )
+    # Kueue preempts it (a higher-priority Workload): it suspends the PyTorchJob. Not fought:
+    # Queued, one preemption, and the next attempt waits for Kueue, suspended, same queue.
+    evicted = {
+        **admitted,
+        "spec": {**admitted["spec"], "runPolicy": {"suspend": True}},
+        "status": {
+            "conditions": [
+                {"type": "Running", "status": "False"},
+                {"type": "Suspended", "status": "True"},
+            ]
+        },
+    }
+    job, d = step(job, config, launcher=evicted, now=T0 + timedelta(minutes=20))
+    assert ActionKind.RESUME_LAUNCHER not in kinds(d)
+    assert kinds(d) == [
+        ActionKind.DELETE_LAUNCHER,
+        ActionKind.CREATE_CONFIG_MAP,
+        ActionKind.CREATE_LAUNCHER,
+    ]
+    new = d.actions[2].body
+    assert new is not None and new["spec"]["runPolicy"]["suspend"] is True
+    assert new["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a"
+    st = job.status
+    assert st is not None and st.phase is Phase.QUEUED
+    assert (st.preemptions, st.attempt) == (1, 2) and st.running_since is None
+    assert d.events[-1]["reason"] == "PreemptedByKueue"
+    waiting = launched(d, "Created", "Suspended", suspend=True)
+    job, d = step(job, config, launcher=waiting, now=T0 + timedelta(minutes=30))
+    assert d.actions == [] and job.status is not None and job.status.phase is Phase.QUEUED
+    assert job.status.preemptions == 1
 
 
 def test_deleted_launcher_is_recreated_for_the_same_attempt(config: OperatorConfig) -> None:

@@ -83,6 +83,7 @@ class Reason(StrEnum):
     WAITING_FOR_POOL_WINDOW = "WaitingForPoolWindow"
     WAITING_FOR_CAPACITY = "WaitingForCapacity"
     WAITING_FOR_KUEUE = "WaitingForKueue"
+    PREEMPTED_BY_KUEUE = "PreemptedByKueue"
     NOT_ENOUGH_WINDOW_LEFT = "NotEnoughWindowLeft"
     ADMITTED = "Admitted"
     LAUNCHED = "Launched"
