@@ -336,3 +336,49 @@ def test_job_in_an_invalid_pool_fails_with_the_pools_problem(stack: Stack, train
     assert failed["reason"] == "PoolInvalid"
     assert "spec.timezone: 'Mars/Olympus' is not an IANA time zone" in failed["message"]
     assert stack.pytorchjobs("pool-invalid", "lost") == []
+
+
+def test_a_job_kueue_evicts_waits_in_queued_and_resumes_when_readmitted(
+    stack: Stack, train_uri: str
+) -> None:
+    """Kueue evicts the running job's Workload (deactivated, as an admin or a higher
+    priority would): the PyTorchJob is suspended by Kueue, not resumed behind its back; the
+    job shows Queued (PreemptedByKueue), and the next attempt, admitted by Kueue, resumes
+    from the checkpoint."""
+    ns = "kueue-evict"
+    stack.namespace(ns)
+    queues = kueue_queues(cpus=8)
+    queues[-1]["metadata"]["namespace"] = ns
+    stack.lab.apply_documents(queues)
+    stack.apply(
+        tiny_job(
+            "evicted", ns, train_uri, steps=30, every=5, scheduling={"queueName": "team-queue"}
+        )
+    )
+    stack.wait_step(ns, "evicted", 8, timeout=240)
+    (pj,) = stack.pytorchjobs(ns, "evicted")
+    workloads = json.loads(stack.kubectl("-n", ns, "get", "workloads", "-o", "json"))["items"]
+    (workload,) = [
+        w
+        for w in workloads
+        if w["metadata"]["ownerReferences"][0]["name"] == pj["metadata"]["name"]
+    ]
+    stack.kubectl(
+        "-n", ns, "patch", "workload", workload["metadata"]["name"], "--type", "merge",
+        "-p", '{"spec":{"active":false}}',
+    )  # fmt: skip
+
+    def preempted() -> dict[str, Any] | None:
+        st = stack.status(ns, "evicted")
+        return st if st.get("preemptions") == 1 else None
+
+    st = wait_for(
+        preempted, 120, "the Kueue eviction to be seen", lambda: stack.describe(ns, "evicted")
+    )
+    entry = next(e for e in st["timeline"] if e["reason"] == "PreemptedByKueue")
+    assert "Kueue suspended" in entry["message"]
+    done = stack.wait_phase(ns, "evicted", "Succeeded", "Failed", timeout=480)
+    assert done["phase"] == "Succeeded", done.get("message")
+    assert (done["preemptions"], done["attempt"]) == (1, 2), done["timeline"]
+    reasons = [e["reason"] for e in done["timeline"]]
+    assert "NodeReclaimed" not in reasons  # the eviction was counted once, as Kueue's
