@@ -637,6 +637,17 @@ def _preempted_by_kueue(b: _Builder, name: str) -> None:
     b.set_phase(Phase.QUEUED, f"preempted by Kueue; waiting for Kueue to admit attempt {attempt}")
 
 
+def _made_no_progress(world: World) -> bool:
+    """The ended attempt's trainer did not pass the step it started (or resumed) from."""
+    run = world.run
+    if run is None or run.session is None:
+        return False  # an older trainer (no session in progress.json), or nothing read
+    launched = (world.launcher or {}).get("metadata", {}).get("name", "")
+    if not (run.pod or "").startswith(f"{launched}-"):
+        return True  # this attempt's trainer never wrote progress
+    return run.step <= (run.resumed_from or 0)
+
+
 def _hand_over(b: _Builder) -> None:
     """The next attempt waits (suspended) while an earlier one's pods are still stopping."""
     names = ", ".join(b.world.previous_attempts)
@@ -730,6 +741,17 @@ def _finished(b: _Builder, obj: dict[str, Any], state: LauncherState) -> None:
         if outcome is exitcodes.Outcome.BAD_INPUT:
             b.fail(Reason.BAD_DATA, message)
             return
+        if outcome is exitcodes.Outcome.KILLED and why_not is None and _made_no_progress(world):
+            # Killed without a word and without a step since it resumed: an OOM kill or a
+            # crash that recurs the same way every time, not a reclaimed node. Counted
+            # towards maxFailures, so that it is not retried until maxRuntime.
+            outcome = exitcodes.Outcome.CRASHED
+            run = world.run
+            since = run.resumed_from if run is not None and run.resumed_from else 0
+            message = (
+                f"the trainer was killed without a word and made no progress since step "
+                f"{since} (out of memory? see the pods' events and the rank logs)"
+            )
         if outcome in (exitcodes.Outcome.PREEMPTED, exitcodes.Outcome.KILLED):
             if why_not is not None:
                 # Stopped on purpose (suspend, window closing). The training operator

@@ -456,6 +456,36 @@ def test_a_pod_replaced_in_place_counts_one_preemption(config: OperatorConfig) -
     assert job.status is not None and job.status.preemptions == 1
 
 
+def test_a_trainer_killed_again_and_again_without_progress_is_a_failure_not_a_preemption(
+    config: OperatorConfig,
+) -> None:
+    """OOM-killed (no exit code, no word) before a single step since it resumed: counted
+    towards maxFailures, so that it is not retried until maxRuntime burns the GPUs."""
+    config = config.model_copy(update={"max_failures": 1})
+    job, pj = running_job(config)
+    name = pj["metadata"]["name"]
+    failed = {**pj, "status": {"conditions": [{"type": "Failed", "status": "True"}]}}
+    stuck = RunState(
+        state="running", step=10, session="s1", pod=f"{name}-master-0", resumed_from=10
+    )
+    job, d = step(job, config, launcher=failed, run=stuck)
+    st = job.status
+    assert st is not None and (st.failures, st.preemptions, st.attempt) == (1, 0, 2)
+    assert "made no progress since step 10" in d.events[-2]["message"] + d.events[-1]["message"]
+    new = next(a.body for a in d.actions if a.kind is ActionKind.CREATE_LAUNCHER)
+    assert new is not None
+    failed2 = {**new, "status": {"conditions": [{"type": "Failed", "status": "True"}]}}
+    stuck2 = RunState(
+        state="running", step=10, session="s2", pod=f"{new['metadata']['name']}-master-0",
+        resumed_from=10,
+    )  # fmt: skip
+    job, d = step(job, config, launcher=failed2, run=stuck2)
+    assert job.status is not None and job.status.phase is Phase.FAILED
+    assert next(c for c in job.status.conditions if c.type == "Failed").reason == (
+        "TooManyFailures"
+    )
+
+
 def test_killed_trainer_counts_as_reclaimed_node(config: OperatorConfig) -> None:
     job, pj = running_job(config)
     failed = {**pj, "status": {"conditions": [{"type": "Failed", "status": "True"}]}}
