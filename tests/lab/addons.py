@@ -108,14 +108,15 @@ def _wait_webhook_ready(lab: Lab, kind: str, name: str, timeout: float = 120) ->
 
 def project_secret(lab: Lab, namespace: str, name: str, directory: pathlib.Path) -> None:
     """Keep ``directory`` holding the keys of Secret ``namespace/name`` as files, as a
-    kubelet keeps a Secret volume current (polled every second until the lab stops)."""
+    kubelet keeps a Secret volume current: polled every second until the rotator has filled
+    it, then every 30 s (a kubelet's sync period is about a minute) until the lab stops."""
     directory.mkdir(parents=True, exist_ok=True)
     stop = threading.Event()
     lab.on_stop(stop.set)
 
     def sync() -> None:
         seen: dict[str, str] = {}
-        while not stop.wait(1.0):
+        while not stop.wait(30.0 if seen else 1.0):
             with contextlib.suppress(Exception):
                 out = lab.kubectl("-n", namespace, "get", "secret", name, "-o", "json")
                 if out.returncode != 0:
