@@ -2,8 +2,11 @@
 # Tools for the observability tests (idempotent, quiet; tests/observability uses them):
 #   - typescript + @grafana/schema (npm) in .tools/node/, for `tsc --strict --noEmit` on the
 #     Grafana dashboard (helm/tidetune/files/dashboard.json);
-#   - Debian's `prometheus` package (prometheus + promtool), for the alert rule tests and the
-#     lab test that scrapes the operator. The package's service is never left running.
+#   - Debian's `prometheus` package for promtool (the alert rule tests). The package's
+#     service is never left running;
+#   - .tools/bin/prometheus built from its Go module (tests/lab/go/prometheus) with Kubernetes
+#     service discovery, which Debian's build leaves out, for the lab test that scrapes the
+#     operator as a cluster's Prometheus does (rebuilt only when that module changes).
 #   bash .ci/setup-observability.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -34,8 +37,25 @@ if [ ! -x "$NODE_DIR/node_modules/.bin/tsc" ] \
   [ -x "$NODE_DIR/node_modules/.bin/tsc" ] || die "tsc missing in $NODE_DIR after npm install"
 fi
 
-# ---- apt: prometheus + promtool ------------------------------------------------------------
-if command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1; then
+# ---- go: prometheus with Kubernetes service discovery only ---------------------------------
+PROM_MODULE=tests/lab/go/prometheus
+PROM_STAMP=.tools/bin/.stamp-prometheus
+PROM_VERSION=3.12.0  # the module's github.com/prometheus/prometheus v0.312.0
+prom_stamp=$(cat "$PROM_MODULE/go.mod" "$PROM_MODULE/go.sum" "$0" | sha256sum | cut -c1-16)
+if [ ! -x .tools/bin/prometheus ] || [ "$(cat "$PROM_STAMP" 2>/dev/null)" != "$prom_stamp" ]; then
+  command -v go >/dev/null 2>&1 || die "Go is missing (go1.25 or newer): it builds .tools/bin/prometheus"
+  mkdir -p .tools/bin
+  bin_dir=$(cd .tools/bin && pwd)
+  echo "setup-observability: building prometheus (Kubernetes discovery only) — cold, a few minutes" >&2
+  (cd "$PROM_MODULE" && GOFLAGS=-mod=mod GOTOOLCHAIN=local go build -trimpath \
+      -tags remove_all_sd,enable_kubernetes_sd -ldflags "-s -w -X github.com/prometheus/common/version.Version=$PROM_VERSION" -o "$bin_dir/" \
+      github.com/prometheus/prometheus/cmd/prometheus) >"$LOG" 2>&1 \
+    || die "go build of prometheus failed (is the Go module proxy reachable?)"
+  echo "$prom_stamp" >"$PROM_STAMP"
+fi
+
+# ---- apt: promtool -------------------------------------------------------------------------
+if command -v promtool >/dev/null 2>&1; then
   exit 0
 fi
 command -v apt-get >/dev/null 2>&1 \
@@ -71,4 +91,3 @@ if [ -x /etc/init.d/prometheus ]; then
   $SUDO /etc/init.d/prometheus stop >/dev/null 2>&1 || true
 fi
 command -v promtool >/dev/null 2>&1 || die "promtool is not on PATH after installing prometheus"
-command -v prometheus >/dev/null 2>&1 || die "prometheus is not on PATH after installing it"

@@ -320,6 +320,8 @@ def test_service_monitor_selects_the_metrics_service(custom_docs: list[dict[str,
     assert sm["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
     assert [e["port"] for e in sm["spec"]["endpoints"]] == [svc["spec"]["ports"][0]["name"]]
     assert sm["spec"]["endpoints"][0]["interval"] == "15s"
+    # the series' own `namespace` (the job's) wins over the target's (the operator's)
+    assert sm["spec"]["endpoints"][0]["honorLabels"] is True
     assert sm["metadata"]["labels"]["release"] == "kube-prometheus-stack"
 
 

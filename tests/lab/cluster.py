@@ -37,6 +37,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -205,7 +206,10 @@ class Lab:
             info = json.loads(lab.info_path.read_text())
         except (OSError, ValueError) as exc:
             raise LabError(f"{lab.info_path}: no running lab there ({exc})") from exc
-        lab.controlplane = ControlPlane(lab.workdir / "cluster")
+        api = urllib.parse.urlsplit(info["apiUrl"])
+        lab.controlplane = ControlPlane(
+            lab.workdir / "cluster", host=api.hostname or "", port=api.port or 443
+        )
         lab.network.slot = int(info["network"]["bridge"].removeprefix("ttlab"))
         if info.get("s3"):
             s3 = info["s3"]

@@ -46,7 +46,8 @@ def promtool() -> str:
 
 @pytest.fixture(scope="session")
 def prometheus_bin() -> str:
-    return require("prometheus")
+    """Prometheus built with Kubernetes service discovery (Debian's has none)."""
+    return require("prometheus", REPO_ROOT / ".tools" / "bin" / "prometheus")
 
 
 @pytest.fixture(scope="session")

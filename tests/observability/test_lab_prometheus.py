@@ -1,12 +1,22 @@
 """The dashboard and the alerts against a real Prometheus scraping the lab's operator.
 
-One lab (API emulator, S3, the Kubeflow stand-in, the operator as ``kopf run``) and one
-Debian ``prometheus`` on a free loopback port, scraping the operator every second and
-loading ``alerts.yaml``. In namespace ``obs``: an IdlePool open all week and one whose only
-window is hours away; a tiny job in the open pool trains to Succeeded, one waits for the
-closed pool, one fails (it needs more GPUs than its pool has; a missing Secret would only
-make it wait). Then every dashboard query, with the template variables filled in, must
-return data through Prometheus' HTTP API.
+The session's lab (a real API server, the Kubeflow training operator, the node agent, S3)
+with TideTune installed by its chart (the ``stack`` fixture), and one ``prometheus`` on a
+free loopback port (``.tools/bin/prometheus``, built from its Go module with Kubernetes
+discovery, which Debian's package leaves out) that finds the operator the way a cluster's
+Prometheus does: Kubernetes service discovery (``role: endpoints``) against the lab's API
+server (TLS, the admin's client certificate), with the scrape job the Prometheus Operator
+generates from the chart's ServiceMonitor (its keep rules, target labels and
+``honor_labels``), every second, loading ``alerts.yaml``. It scrapes the operator pod's IP on
+the lab bridge.
+
+In namespace ``obs``: an IdlePool over the lab's GPU nodes open all week and one whose only
+window is hours away; a tiny job in the open pool trains to Succeeded on a GPU node, one
+waits for the closed pool, one fails (it needs more GPUs than its pool has: ``PoolTooSmall``;
+a missing Secret would only make it wait). Then every dashboard query, with the template
+variables filled in, must return data through Prometheus' HTTP API. The operator is the
+session's, shared with the e2e tier: everything here lives in ``obs`` and pools of its own,
+deleted at the end.
 """
 
 from __future__ import annotations
@@ -30,17 +40,17 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.e2e.conftest import TRAIN_DATA, Stack, tiny_job, wait_for
-from tests.lab.lab import REPO_ROOT
-from tests.lab.stack import build_lab
+from tests.helm.chart import template, write_values
+from tests.lab.cluster import GPU_POOL, REPO_ROOT, Lab
+from tests.lab.deploy import OPERATOR_NAMESPACE, Stack, tiny_job, wait_for
 from tests.observability.conftest import ALERTS, panels, substitute, variable_query
 from tidetune.torchrun_nodes import free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 NS = "obs"
-OPEN_POOL = "open-all-week"
-CLOSED_POOL = "closed-now"
+OPEN_POOL = "obs-open-all-week"
+CLOSED_POOL = "obs-closed-now"
 DONE_JOB = "curve"
 WAITING_JOB = "waiting"
 FAILED_JOB = "broken"
@@ -53,11 +63,98 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
+def chart_service_monitor(stack: Stack, workdir: pathlib.Path) -> dict[str, Any]:
+    """The ServiceMonitor the chart renders with the lab's values and
+    ``metrics.serviceMonitor.enabled``."""
+    values = write_values(workdir / "values.yaml", stack.values)
+    docs = template([values], extra=["--set", "metrics.serviceMonitor.enabled=true"])
+    (monitor,) = [d for d in docs if d["kind"] == "ServiceMonitor"]
+    return monitor
+
+
+def _label(name: str) -> str:
+    return "".join(c if c.isalnum() or c == "_" else "_" for c in name)
+
+
+def service_monitor_job(monitor: dict[str, Any], lab: Lab, interval: str = "1s") -> dict[str, Any]:
+    """The scrape job the Prometheus Operator generates for ``monitor``'s first endpoint
+    (``generateServiceMonitorConfig``: endpoints discovery in the selected namespaces, a keep
+    rule per selector label and for the port name, the ``namespace``/``service``/``pod``/
+    ``container``/``job``/``endpoint`` target labels, finished pods dropped, the endpoint's
+    ``honorLabels``), discovering through the lab's API server as its admin. Only
+    ``interval`` differs (seconds here, not the chart's 30 s)."""
+    spec = monitor["spec"]
+    (endpoint,) = spec["endpoints"]
+    assert set(spec["selector"]) == {"matchLabels"}, spec["selector"]
+    names = spec["namespaceSelector"].get("matchNames") or [monitor["metadata"]["namespace"]]
+    relabel: list[dict[str, Any]] = [
+        {
+            "action": "keep",
+            "source_labels": [
+                f"__meta_kubernetes_service_label_{_label(key)}",
+                f"__meta_kubernetes_service_labelpresent_{_label(key)}",
+            ],
+            "regex": f"({value});true",
+        }
+        for key, value in sorted(spec["selector"]["matchLabels"].items())
+    ]
+    kind_name = [
+        "__meta_kubernetes_endpoint_address_target_kind",
+        "__meta_kubernetes_endpoint_address_target_name",
+    ]
+    relabel += [
+        {
+            "action": "keep",
+            "source_labels": ["__meta_kubernetes_endpoint_port_name"],
+            "regex": endpoint["port"],
+        },
+        {"source_labels": kind_name, "regex": "Node;(.*)", "target_label": "node"},
+        {"source_labels": kind_name, "regex": "Pod;(.*)", "target_label": "pod"},
+        {"source_labels": ["__meta_kubernetes_namespace"], "target_label": "namespace"},
+        {"source_labels": ["__meta_kubernetes_service_name"], "target_label": "service"},
+        {"source_labels": ["__meta_kubernetes_pod_name"], "target_label": "pod"},
+        {"source_labels": ["__meta_kubernetes_pod_container_name"], "target_label": "container"},
+        {
+            "action": "drop",
+            "source_labels": ["__meta_kubernetes_pod_phase"],
+            "regex": "(Failed|Succeeded)",
+        },
+        {"source_labels": ["__meta_kubernetes_service_name"], "target_label": "job"},
+        {"target_label": "endpoint", "replacement": endpoint["port"]},
+    ]
+    meta = monitor["metadata"]
+    return {
+        "job_name": f"serviceMonitor/{meta['namespace']}/{meta['name']}/0",
+        "honor_labels": bool(endpoint.get("honorLabels", False)),
+        "kubernetes_sd_configs": [
+            {
+                "role": "endpoints",
+                "api_server": lab.api_url,
+                "namespaces": {"names": names},
+                "tls_config": {
+                    "ca_file": str(lab.pki / "cluster-ca.crt"),
+                    "cert_file": str(lab.pki / "admin.crt"),
+                    "key_file": str(lab.pki / "admin.key"),
+                },
+            }
+        ],
+        "scrape_interval": interval,
+        "scrape_timeout": interval,
+        "metrics_path": endpoint.get("path", "/metrics"),
+        "relabel_configs": relabel,
+    }
+
+
 class Prometheus:
     """A ``prometheus`` process on 127.0.0.1 with its data in ``workdir`` (stopped by ``stop``)."""
 
-    def __init__(self, binary: str, workdir: pathlib.Path, scrape: str, rules: pathlib.Path):
-        target = urllib.parse.urlsplit(scrape)
+    def __init__(
+        self,
+        binary: str,
+        workdir: pathlib.Path,
+        scrape_configs: list[dict[str, Any]],
+        rules: pathlib.Path,
+    ):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.workdir = workdir
@@ -65,13 +162,7 @@ class Prometheus:
         config = {
             "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
             "rule_files": [str(rules)],
-            "scrape_configs": [
-                {
-                    "job_name": "tidetune-operator",
-                    "metrics_path": target.path or "/metrics",
-                    "static_configs": [{"targets": [target.netloc]}],
-                }
-            ],
+            "scrape_configs": scrape_configs,
         }
         (workdir / "prometheus.yml").write_text(yaml.safe_dump(config))
         self.log_path = workdir / "prometheus.log"
@@ -138,14 +229,29 @@ class Prometheus:
 class Observed:
     stack: Stack
     prometheus: Prometheus
-    metrics_url: str
+
+    @property
+    def metrics_url(self) -> str:
+        """The operator pod's metrics endpoint on the lab bridge (what Prometheus scrapes)."""
+        (pod,) = self.stack.operator_pods()
+        return f"http://{pod['status']['podIP']}:8080/metrics"
+
+
+#: what the pools say they have: every GPU of the lab's GPU nodes
+POOL_GPUS = GPU_POOL["gpusPerNode"] * 2
 
 
 def _pool(name: str, windows: list[dict[str, Any]]) -> dict[str, Any]:
     doc: dict[str, Any] = yaml.safe_load((REPO_ROOT / "examples" / "idlepool.yaml").read_text())
     doc = copy.deepcopy(doc)
     doc["metadata"] = {"name": name}
-    doc["spec"].update(gpus=8, timezone="UTC", windows=windows)
+    doc["spec"].update(
+        gpus=POOL_GPUS,
+        timezone="UTC",
+        windows=windows,
+        nodeSelector=GPU_POOL["nodeSelector"],
+        tolerations=GPU_POOL["tolerations"],
+    )
     return doc
 
 
@@ -155,28 +261,71 @@ ONE_GPU = {"nodes": 1, "gpusPerNode": 1}
 
 
 @pytest.fixture(scope="module")
-def observed(tmp_path_factory: pytest.TempPathFactory, prometheus_bin: str) -> Iterator[Observed]:
-    workdir = tmp_path_factory.mktemp("obs-lab")
-    lab = build_lab(workdir / "lab", grace_seconds=30)
-    lab.start()
+def observed(
+    tmp_path_factory: pytest.TempPathFactory, prometheus_bin: str, stack: Stack
+) -> Iterator[Observed]:
+    workdir = tmp_path_factory.mktemp("obs")
+    job = service_monitor_job(chart_service_monitor(stack, workdir), stack.lab)
     prometheus: Prometheus | None = None
+    # the example pool's priorityClassName, as a cluster admin creates it (the pods are
+    # refused without it)
+    priority_class = _pool("-", [])["spec"]["priorityClassName"]
+    had_priority_class = bool(
+        stack.kubectl("get", "priorityclass", priority_class, "--ignore-not-found", "-o", "name")
+    )
+    stack.apply(
+        {
+            "apiVersion": "scheduling.k8s.io/v1",
+            "kind": "PriorityClass",
+            "metadata": {"name": priority_class},
+            "value": -10,
+            "preemptionPolicy": "Never",
+            "description": "TideTune jobs on idle pools: first to go",
+        }
+    )
     try:
-        stack = Stack(lab)
-        metrics_url = lab.info()["metricsUrl"]
-        assert metrics_url, "the lab's operator serves no metrics"
-        prometheus = Prometheus(prometheus_bin, workdir / "prometheus", metrics_url, ALERTS)
-        obs = Observed(stack, prometheus, metrics_url)
+        prometheus = Prometheus(prometheus_bin, workdir / "prometheus", [job], ALERTS)
+        obs = Observed(stack, prometheus)
         _run_the_scenario(obs)
         yield obs
     finally:
         if prometheus is not None:
             prometheus.stop()
-        lab.stop()
+        stack.kubectl("delete", "namespace", NS, "--ignore-not-found", "--timeout=90s", check=False)
+        stack.kubectl("delete", "idlepool", OPEN_POOL, CLOSED_POOL, "--ignore-not-found")
+        if not had_priority_class:
+            stack.kubectl("delete", "priorityclass", priority_class, "--ignore-not-found")
+
+
+def test_prometheus_finds_the_operator_through_the_service_monitor(observed: Observed) -> None:
+    """One target: the operator pod behind the chart's metrics Service, up, labelled as the
+    Prometheus Operator labels it."""
+    targets = observed.prometheus.api("targets", state="active")["activeTargets"]
+    (pod,) = observed.stack.operator_pods()
+    assert [t["labels"] for t in targets] == [
+        {
+            "container": "operator",
+            "endpoint": "metrics",
+            "instance": f"{pod['status']['podIP']}:8080",
+            "job": "tidetune-metrics",
+            "namespace": OPERATOR_NAMESPACE,
+            "pod": pod["metadata"]["name"],
+            "service": "tidetune-metrics",
+        }
+    ], targets
+    assert targets[0]["health"] == "up", targets
 
 
 def _run_the_scenario(obs: Observed) -> None:
     stack, prom = obs.stack, obs.prometheus
     stack.namespace(NS)
+    # discovery: the operator's endpoint is a target, and scraped
+    wait_for(
+        lambda: prom.query("up{service='tidetune-metrics'} == 1") or None,
+        30,
+        "Prometheus to discover and scrape the operator",
+        lambda: (prom.api("targets"), prom.log_tail()),
+    )
     hour = (datetime.datetime.now(datetime.UTC).hour + 12) % 24
     stack.apply(_pool(OPEN_POOL, [{"days": ALL_DAYS, "start": "00:00", "end": "24:00"}]))
     stack.apply(
@@ -185,14 +334,18 @@ def _run_the_scenario(obs: Observed) -> None:
     # the pools' series (the queue-wait histogram among them) are scraped before any job
     wait_for(
         lambda: (
-            len(prom.query("tidetune_queue_wait_seconds_count{pool=~'open-all-week|closed-now'}"))
+            len(
+                prom.query(
+                    f"tidetune_queue_wait_seconds_count{{pool=~'{OPEN_POOL}|{CLOSED_POOL}'}}"
+                )
+            )
             == 2
         ),
         30,
         "Prometheus to scrape both pools' series",
         lambda: prom.query("tidetune_queue_wait_seconds_count"),
     )
-    train_uri = stack.put("data/arithmetic-sft.jsonl", TRAIN_DATA.read_bytes())
+    train_uri = stack.train_uri()
     stack.apply(
         tiny_job(
             DONE_JOB,
@@ -207,15 +360,17 @@ def _run_the_scenario(obs: Observed) -> None:
     stack.apply(
         tiny_job(WAITING_JOB, NS, train_uri, resources=ONE_GPU, scheduling={"pool": CLOSED_POOL})
     )
-    st = stack.wait_phase(NS, DONE_JOB, "Succeeded", "Failed", timeout=150)
+    st = stack.wait_phase(NS, DONE_JOB, "Succeeded", "Failed", timeout=420)
     assert st["phase"] == "Succeeded", st.get("message")
     assert stack.status(NS, WAITING_JOB)["phase"] == "Queued"
     # a failure after the namespace's counters exist, so increase() sees it
-    too_big = {"nodes": 2, "gpusPerNode": 8}  # the pools have 8 GPUs
+    too_big = {"nodes": 2, "gpusPerNode": POOL_GPUS}  # twice what the pool has
     stack.apply(
         tiny_job(FAILED_JOB, NS, train_uri, resources=too_big, scheduling={"pool": CLOSED_POOL})
     )
-    stack.wait_phase(NS, FAILED_JOB, "Failed", timeout=60)
+    failed = stack.wait_phase(NS, FAILED_JOB, "Failed", timeout=60)
+    reason = next(c["reason"] for c in failed["conditions"] if c["type"] == "Failed")
+    assert reason == "PoolTooSmall", failed
     # Prometheus has the final state, and a few samples of it (wait_for wants None/False,
     # not an empty list, for "not yet")
     final = {"Succeeded": "1", "Queued": "1", "Failed": "1"}
@@ -252,12 +407,6 @@ def _variables(dashboard: dict[str, Any]) -> dict[str, str]:
     declared = {v["name"] for v in dashboard["templating"]["list"]} - {"datasource"}
     assert declared <= set(values), f"the test does not fill in {declared - set(values)}"
     return values
-
-
-def _exposition(observed: Observed, prefix: str) -> list[str]:
-    with urllib.request.urlopen(observed.metrics_url, timeout=5) as resp:
-        text = resp.read().decode()
-    return [line for line in text.splitlines() if line.startswith(prefix)]
 
 
 def _numbers(result: list[dict[str, Any]]) -> list[float]:
@@ -330,7 +479,7 @@ def test_panel_values_tell_what_happened(observed: Observed, dashboard: dict[str
     assert _numbers(ask("Window open", pool=OPEN_POOL)) == [1.0]
     assert _numbers(ask("Window open", pool=CLOSED_POOL)) == [0.0]
     assert _numbers(ask("Queued jobs", pool=CLOSED_POOL)) == [1.0]
-    assert _numbers(ask("GPUs in use vs capacity", "B", pool=OPEN_POOL)) == [8.0]
+    assert _numbers(ask("GPUs in use vs capacity", "B", pool=OPEN_POOL)) == [float(POOL_GPUS)]
     harvested = {
         r["metric"]["pool"]: float(r["value"][1])
         for r in ask("Harvested GPU-hours by pool", pool=".*")
