@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from tidetune.jobs.source import JobError, JobView, UsageError, Where
+from tidetune.jobs.source import JobError, JobView, NotWrittenYet, UsageError, Where
 from tidetune.storage import StorageError
 
 Handler = Callable[[argparse.Namespace], int]
@@ -243,7 +243,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         for job in jobs:
             try:
                 lines = S.parse_lines(job.metrics_text())
-            except JobError:
+            except NotWrittenYet:
                 continue
             names = [n for n in (args.metric or S.DEFAULT_METRICS) if n in S.available(lines)]
             if args.metric and len(names) < len(args.metric):

@@ -39,7 +39,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from tidetune.jobs.source import JobError
+from tidetune.jobs.source import JobError, NotWrittenYet
 from tidetune.storage import ObjectStore, S3Credentials, StorageError, open_store, scheme_of
 
 #: where the result of the last publication is kept, next to manifest.json
@@ -429,7 +429,7 @@ def publish_job(
     manifest = job.require_manifest()
     try:
         lines = parse_lines(job.metrics_text())
-    except JobError:
+    except NotWrittenYet:
         lines = []
     try:
         record = publish(

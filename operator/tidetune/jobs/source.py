@@ -32,6 +32,11 @@ class UsageError(JobError):
     """The command line itself is wrong (exit 2)."""
 
 
+class NotWrittenYet(JobError):
+    """A file the job writes is not there (yet): commands that show what there is go on
+    without it; an error reading storage is not this."""
+
+
 @dataclass(frozen=True)
 class JobRef:
     namespace: str | None
@@ -215,7 +220,7 @@ class JobView(abc.ABC):
             # a finished job also exports the curve next to its artifacts
             text = self.read_root(layout.METRICS_FILE)
         if text is None:
-            raise JobError(
+            raise NotWrittenYet(
                 f"{self.ref}: no metrics yet ({layout.METRICS_FILE} is not in "
                 f"{self.run_uri or 'the run location'}); phase {self.phase}"
             )

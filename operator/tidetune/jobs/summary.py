@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from tidetune.jobs.series import Series, parse_lines, series
-from tidetune.jobs.source import JobError, JobView
+from tidetune.jobs.source import JobView, NotWrittenYet
 
 #: where ``tidetune eval --job`` keeps its reports, under the run location
 EVAL_DIR = "eval"
@@ -121,7 +121,7 @@ def summarize(job: JobView, with_series: bool = True) -> Summary:
         try:
             lines = parse_lines(job.metrics_text())
             out.series = series(lines, _all_names(lines))
-        except JobError:
+        except NotWrittenYet:
             out.series = []
         for ser in out.series:
             finite = [v for v in ser.values if math.isfinite(v)]

@@ -476,6 +476,14 @@ def test_no_access_to_the_jobs_secret_nor_keys_of_ones_own(
             r"AWS_SECRET_ACCESS_KEY to keys that may read it",
             line,
         ), line
+    # compare and report stop at the first file they cannot read (the curve), rather than
+    # going on without it and failing on another
+    code, _, err = run_cli(capsys, "compare", "poetry", "running", "--kubeconfig", kubeconfig)
+    assert code == 1
+    assert (
+        "cannot read its files at s3://artifacts/team-a/poetry/uid-poetry/run/metrics.jsonl: "
+        in one_line(err)
+    )
     # it asked for the Secret and then tried the store
     assert ("GET", "/api/v1/namespaces/team-a/secrets/s3-creds") in server.requests
     assert any(path.startswith("/artifacts") for _, path in server.requests)
