@@ -11,74 +11,18 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 import sys
-from collections import Counter
-from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.support.browser import BADGE, LINE, dump_dom, near, screenshot_colours
+
 from .runfolder import STEPS, write_run
 
 REPO = Path(__file__).resolve().parents[3]
-#: the colours the page uses: the Succeeded badge and the charts' line
-BADGE = (0x2E, 0x85, 0x40)
-LINE = (0x1F, 0x77, 0xB4)
-
-
-def chromium() -> str:
-    exe = shutil.which("chromium") or shutil.which("chromium-browser")
-    if exe is None:
-        pytest.fail(
-            "headless Chromium is needed for the report test and is not installed: "
-            "run `bash .ci/setup-chromium.sh` (Debian's chromium package)"
-        )
-    return exe
-
-
-class _Dom(HTMLParser):
-    """What the browser built: headings, the SVG elements, the table cells' text."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.tags: Counter[str] = Counter()
-        self.h2: list[str] = []
-        self.polylines: list[dict[str, str | None]] = []
-        self.text: list[str] = []
-        self._in: str | None = None
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        self.tags[tag] += 1
-        if tag == "polyline":
-            self.polylines.append(dict(attrs))
-        self._in = tag
-
-    def handle_endtag(self, tag: str) -> None:
-        self._in = None
-
-    def handle_data(self, data: str) -> None:
-        if self._in == "h2":
-            self.h2.append(data.strip())
-        if data.strip():
-            self.text.append(data.strip())
-
-
-def run_chromium(*args: str, profile: Path) -> subprocess.CompletedProcess[str]:
-    cmd = [
-        chromium(),
-        "--headless",
-        "--disable-gpu",
-        "--no-first-run",
-        "--hide-scrollbars",
-        f"--user-data-dir={profile}",
-        *args,
-    ]
-    if hasattr(os, "geteuid") and os.geteuid() == 0:
-        cmd.insert(1, "--no-sandbox")  # Chromium refuses to sandbox as root
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
 
 
 @pytest.fixture(scope="module")
@@ -102,10 +46,7 @@ def page(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_the_browser_builds_every_section_and_chart(page: Path, tmp_path: Path) -> None:
-    dumped = run_chromium("--dump-dom", page.as_uri(), profile=tmp_path / "profile")
-    assert dumped.returncode == 0, dumped.stderr[-2000:]
-    dom = _Dom()
-    dom.feed(dumped.stdout)
+    dom = dump_dom(page, tmp_path / "profile")
     assert dom.h2 == [
         "Overview",
         "Estimate vs actual",
@@ -130,33 +71,11 @@ def test_the_browser_builds_every_section_and_chart(page: Path, tmp_path: Path) 
 
 
 def test_the_screenshot_shows_the_badge_and_the_curves(page: Path, tmp_path: Path) -> None:
-    from PIL import Image
-
-    shot = tmp_path / "report.png"
-    done = run_chromium(
-        "--window-size=1200,1400",
-        f"--screenshot={shot}",
-        page.as_uri(),
-        profile=tmp_path / "profile",
-    )
-    assert done.returncode == 0 and shot.exists(), done.stderr[-2000:]
-    image = Image.open(shot).convert("RGB")
-    assert image.size == (1200, 1400)
-    colours: Counter[tuple[int, int, int]] = Counter(
-        {colour: n for n, colour in image.getcolors(maxcolors=1 << 24) or []}
-    )
+    image, colours = screenshot_colours(page, tmp_path / "report.png", tmp_path / "profile")
     white = colours[(255, 255, 255)]
     assert white < 0.97 * image.width * image.height, "the page rendered (almost) blank"
-
-    def near(target: tuple[int, int, int], tol: int = 12) -> int:
-        return sum(
-            n
-            for c, n in colours.items()
-            if all(abs(a - b) <= tol for a, b in zip(c, target, strict=True))
-        )
-
-    assert near(BADGE) > 200, "the green Succeeded badge is not on screen"
-    assert near(LINE) > 500, "no chart line was drawn"
+    assert near(colours, BADGE) > 200, "the green Succeeded badge is not on screen"
+    assert near(colours, LINE) > 500, "no chart line was drawn"
     # the charts sit in the middle of the page: blue pixels below the overview table
     pixels: Any = image.load()
     blue_rows = {
