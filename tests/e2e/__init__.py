@@ -1,1 +1,2 @@
-"""End-to-end tests: the lab (API emulator, S3, operator) driven by kubectl and clients."""
+"""End-to-end tests: the lab (a real cluster on this machine) with TideTune installed by its
+chart, driven by kubectl and clients."""

@@ -1,1 +1,2 @@
-"""The lab: a real Kubernetes cluster on one machine (see lab.py and README, "The lab")."""
+"""The lab: a real Kubernetes cluster on one machine (see cluster.py, deploy.py and README,
+"The lab")."""

@@ -1,1 +1,1 @@
-"""Shared test support: the Kubernetes API emulator, kubeconfigs, the S3 server."""
+"""Shared test support: the S3 and MLflow servers, a bare API server, users."""
