@@ -56,6 +56,10 @@ SOURCE = textwrap.dedent(
     def whoami(prompts, completions, **cols):
         return [float(os.getuid())] * len(completions)
 
+    def nproc(prompts, completions, **cols):
+        import resource
+        return [float(resource.getrlimit(resource.RLIMIT_NPROC)[0])] * len(completions)
+
     def sleeper(prompts, completions, **cols):
         time.sleep(3600)
 
@@ -63,17 +67,30 @@ SOURCE = textwrap.dedent(
         return [float(len(c)) for c in completions]
     """
 ).replace("SECRET", repr(SECRET))
-NAMES = ["environ", "proc_environ", "parent", "whoami", "sleeper", "length"]
+NAMES = ["environ", "proc_environ", "parent", "whoami", "sleeper", "length", "nproc"]
 
 
 class Runtime:
-    """The sandbox host as the sidecar runs it."""
+    """The sandbox host as the sidecar runs it (as root, or as ``uid`` — the container's
+    ``runAsUser`` — with its socket folder and home its own)."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, uid: int | None = None) -> None:
         self.socket = root / "run" / "sandbox.sock"
         # each connection's folder is entered as nobody: its parent must be traversable
         self.home = tempfile.mkdtemp(prefix="tidetune-reward-home-")
         os.chmod(self.home, 0o755)
+        preexec = None
+        if uid is not None:
+            # pytest's folders are private to root: the socket goes where uid can write
+            self.socket = Path(tempfile.mkdtemp(prefix="tidetune-reward-run-")) / "sandbox.sock"
+            for d in (self.home, str(self.socket.parent)):
+                os.chown(d, uid, uid)
+
+            def preexec() -> None:
+                os.setgroups([])
+                os.setresgid(uid, uid, uid)
+                os.setresuid(uid, uid, uid)
+
         cmd = builders.reward_runtime_command()
         assert cmd[:4] == ["python", "-I", "-m", "tidetune_trainer.rl.sandbox_host"]
         # the module by its file: ``-I`` ignores PYTHONPATH, and the checkout under test
@@ -85,7 +102,7 @@ class Runtime:
         env = {e["name"]: e["value"] for e in builders.reward_runtime_env()}
         env["PATH"] = os.environ.get("PATH", "/usr/bin:/bin")
         env["TMPDIR"] = env["HOME"] = self.home
-        self.proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE)
+        self.proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, preexec_fn=preexec)
         deadline = time.monotonic() + 30
         while not self.socket.exists():
             assert self.proc.poll() is None, self.proc.stderr.read() if self.proc.stderr else ""
@@ -108,6 +125,8 @@ class Runtime:
         self.proc.send_signal(signal.SIGTERM)
         code = self.proc.wait(timeout=15)
         shutil.rmtree(self.home, ignore_errors=True)
+        if self.socket.parent.name.startswith("tidetune-reward-run-"):
+            shutil.rmtree(self.socket.parent, ignore_errors=True)
         return code
 
 
@@ -226,3 +245,28 @@ def test_sigterm_stops_the_runtime_and_removes_the_socket(tmp_path: Path) -> Non
     rt = Runtime(tmp_path)
     assert rt.stop() == 0
     assert not rt.socket.exists()
+
+
+def test_as_the_containers_own_user_calls_run_as_that_user_with_32_more_processes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sidecar runs as ``REWARD_RUNTIME_UID``, not root. Where the kernel lets it make
+    a user namespace (to cut the call's network), the call still runs as that uid — not
+    the overflow id an unmapped namespace shows — and the fork-bomb limit is that uid's
+    processes + 32, not every process on the node + 32."""
+    uid = builders.REWARD_RUNTIME_UID
+    rt = Runtime(tmp_path, uid=uid)
+    monkeypatch.setenv(REWARD_SOCKET_ENV, str(rt.socket))
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
+    sb = start()
+    try:
+        if sb.network == "isolated":  # the kernel permits unprivileged user namespaces
+            assert sb.info["userns"] == "mapped", sb.info
+        assert call(sb, "whoami") == [float(uid), float(uid)]
+        assert call(sb, "environ") == [0.0, 0.0]
+        everyone = sum(p.isdigit() for p in os.listdir("/proc"))
+        (limit,) = set(call(sb, "nproc"))
+        assert 32 < limit <= 32 + 8 < everyone + 32, (limit, everyone)
+    finally:
+        sb.close()
+        rt.stop()

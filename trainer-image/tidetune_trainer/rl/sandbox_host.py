@@ -138,10 +138,44 @@ def expose_python(libc: Any) -> list[str]:
     return exposed
 
 
+def _map_own_ids(uid: int, gid: int) -> str:
+    """In a user namespace just made without privileges: map the process's own uid and
+    gid to themselves (the one mapping it may write), so that user code sees who it
+    really is and the files it makes, and ``/proc`` owners, read right. Unmapped, every
+    id reads as the overflow id (65534) — the process's own and every other process's
+    alike. Returns "mapped", or "unmapped" where the kernel refuses."""
+    try:
+        for name, data in (
+            ("setgroups", "deny"),  # required before an unprivileged gid_map
+            ("uid_map", f"{uid} {uid} 1"),
+            ("gid_map", f"{gid} {gid} 1"),
+        ):
+            with open(f"/proc/self/{name}", "w") as f:
+                f.write(data)
+    except OSError:
+        return "unmapped"
+    return "mapped"
+
+
+def processes_of(uid: int) -> int:
+    """How many processes ``uid`` has now (0 when ``/proc`` cannot be read)."""
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        return 0
+    n = 0
+    for p in names:
+        if p.isdigit():
+            with contextlib.suppress(OSError):
+                n += os.stat(f"/proc/{p}").st_uid == uid
+    return n
+
+
 def isolate(want_net: bool, uid: int, gid: int) -> dict[str, Any]:
     """Namespaces and the user switch; returns what was achieved (for the ready line)."""
     info: dict[str, Any] = {"network": "shared", "mounts": "shared"}
-    root = os.geteuid() == 0
+    euid, egid = os.geteuid(), os.getegid()
+    root = euid == 0
     if root:
         flags = CLONE_NEWNS | (CLONE_NEWNET if want_net else 0)
         if _unshare(flags):
@@ -167,6 +201,7 @@ def isolate(want_net: bool, uid: int, gid: int) -> dict[str, Any]:
             info["network"] = "isolated"
     elif want_net and _unshare(CLONE_NEWUSER | CLONE_NEWNET):
         info["network"] = "isolated"
+        info["userns"] = _map_own_ids(euid, egid)
     if root and uid >= 0:
         os.setgroups([])
         os.setresgid(gid, gid, gid)
@@ -430,6 +465,11 @@ def serve(rfile: IO[str], proto: IO[str], *, home: str | None = None) -> int:
         cwd = home
     else:
         uid, gid, cwd = int(setup["uid"]), int(setup["gid"]), setup.get("cwd") or "/"
+    # RLIMIT_NPROC counts all the user's processes: the calls get 32 more than it has.
+    # Counted before isolating: in a user namespace other processes' owners may read
+    # as the overflow id
+    runs_as = uid if os.geteuid() == 0 and uid >= 0 else os.geteuid()
+    nproc_base = processes_of(runs_as) if runs_as != 0 else 0
     info = isolate(bool(setup.get("network_isolation", True)), uid, gid)
     if home is not None:
         info["runtime"] = "container"
@@ -439,16 +479,6 @@ def serve(rfile: IO[str], proto: IO[str], *, home: str | None = None) -> int:
     os.dup2(devnull, 1)
     os.dup2(devnull, 2)
     limits = dict(setup["limits"])
-    nproc_base = 0
-    if os.getuid() != 0:
-        try:
-            nproc_base = sum(
-                1
-                for p in os.listdir("/proc")
-                if p.isdigit() and os.stat(f"/proc/{p}").st_uid == os.getuid()
-            )
-        except OSError:
-            nproc_base = 0
     limits["nproc"] = nproc_base + int(limits.get("nproc", 32))
     fns: list[Any] = []
     problems: list[str] = []
