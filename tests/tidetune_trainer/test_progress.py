@@ -100,3 +100,31 @@ def test_other_ranks_write_nothing(tmp_path: Path) -> None:
     rep.log_step(1, loss=1.0, learning_rate=0.1, grad_norm=1.0, trained_tokens=5)
     assert rep.prom is None
     assert not (tmp_path / "run").exists()
+
+
+def test_a_failure_during_training_records_the_exit_code_for_the_operator(
+    tmp_path: Path,
+) -> None:
+    """A run that fails once the reporter is up (a reward function raising mid-run) says
+    its exit code in progress.json, as one failing before it does: without it the operator
+    took bad input (65) for a crash and retried it."""
+    from types import SimpleNamespace
+
+    from tidetune import exitcodes
+    from tidetune.contract import RunState
+    from tidetune_trainer.main import _record_failure
+
+    run_uri = f"file://{tmp_path}/run"
+    store, key = open_store(run_uri)
+    rep = ProgressReporter(store, key, enabled=True, total_steps=10, steps_per_epoch=5)
+    rep.start()
+    _record_failure(
+        SimpleNamespace(reporter=rep),  # type: ignore[arg-type]
+        run_uri,
+        exitcodes.BAD_INPUT,
+        "spec.rl.rewards[1] (r/reward.py:score): KeyError: 'answer'",
+    )
+    progress = json.loads((tmp_path / "run" / "progress.json").read_text())
+    assert progress["state"] == "failed" and progress["exitCode"] == exitcodes.BAD_INPUT
+    state = RunState.from_progress(progress)
+    assert exitcodes.classify(state.exit_code or 0) is exitcodes.Outcome.BAD_INPUT

@@ -118,8 +118,7 @@ def _record_failure(session: Session | None, run_uri: str | None, code: int, mes
 
         reporter = getattr(session, "reporter", None) if session is not None else None
         if reporter is not None:
-            reporter.exit_code = code
-            reporter.set_state("failed", message)
+            reporter.set_state("failed", message, exit_code=code)
             return
         store, key = open_store(run_uri)
         k = ObjectStore.join(key, PROGRESS_FILE)

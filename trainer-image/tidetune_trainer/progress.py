@@ -191,6 +191,9 @@ class ProgressReporter:
         self.pod = os.environ.get("HOSTNAME", "")
         self.resumed_from: int | None = None
         self.message: str | None = None
+        #: the trainer's exit code once it ends (:mod:`tidetune.exitcodes`): the operator
+        #: decides from it whether a failed attempt may be retried
+        self.exit_code: int | None = None
         self._rate_window: list[tuple[float, int, int]] = []  # (time, step, tokens)
         self.prom: PrometheusExporter | None = None
         if enabled and metrics_port:
@@ -235,11 +238,16 @@ class ProgressReporter:
         self._rate_window = [(time.monotonic(), step, trained_tokens)]
         self.set_state("running")
 
-    def set_state(self, state: str, message: str | None = None) -> None:
-        """Record the run's state (one of :data:`STATES`) and rewrite progress.json."""
+    def set_state(
+        self, state: str, message: str | None = None, *, exit_code: int | None = None
+    ) -> None:
+        """Record the run's state (one of :data:`STATES`; ``failed`` with the trainer's
+        exit code) and rewrite progress.json."""
         assert state in STATES, state
         self.state = state
         self.message = message
+        if exit_code is not None:
+            self.exit_code = exit_code
         self.write_progress()
 
     def close(self) -> None:
@@ -406,7 +414,7 @@ class ProgressReporter:
                 .isoformat(timespec="seconds")
                 .replace("+00:00", "Z")
             )
-        return {
+        doc: ProgressDocument = {
             "state": self.state,
             "step": self.step,
             "totalSteps": self.total_steps,
@@ -425,6 +433,9 @@ class ProgressReporter:
             "pod": self.pod,
             "resumedFrom": self.resumed_from,
         }
+        if self.exit_code is not None:
+            doc["exitCode"] = self.exit_code
+        return doc
 
     def write_progress(self) -> None:
         if self.enabled:
