@@ -86,9 +86,9 @@ def image_python(venv_bin: pathlib.Path, where: pathlib.Path = IMAGE_PYTHON) -> 
     editable install points (the main checkout, when the lab runs from a worktree).
 
     ``where/bin/python`` is the venv's base interpreter; a ``.pth`` in ``where``'s
-    site-packages lists the tree's folders, then the venv's site-packages (whose own
-    ``.pth`` files, the editable install's finder among them, are not processed).
-    Returns its ``bin`` folder."""
+    site-packages lists the tree's folders, then adds the venv's site-packages as a site
+    folder (its own ``.pth`` files run as in the venv: the editable install's finder
+    comes after the path, so the tree's folders win). Returns its ``bin`` folder."""
     cfg = (venv_bin.parent / "pyvenv.cfg").read_text()
     real = pathlib.Path(os.path.realpath(venv_bin / "python"))
     version = f"python{sys.version_info.major}.{sys.version_info.minor}"
@@ -102,7 +102,8 @@ def image_python(venv_bin: pathlib.Path, where: pathlib.Path = IMAGE_PYTHON) -> 
     for name in ("python", "python3", version):
         _replace(where / "bin" / name, lambda t: t.symlink_to(real))
     venv_site = sysconfig.get_path("purelib")
-    pth = "".join(f"{p}\n" for p in [*_tree_paths(), venv_site])
+    pth = "".join(f"{p}\n" for p in _tree_paths())
+    pth += f"import site; site.addsitedir({venv_site!r})\n"
     _replace(site_packages / "_tidetune_lab.pth", lambda t: t.write_text(pth))
     for f in (where / "pyvenv.cfg", site_packages / "_tidetune_lab.pth"):
         f.chmod(0o644)

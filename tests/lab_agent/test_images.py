@@ -32,6 +32,16 @@ def test_image_python_imports_this_trees_code_even_isolated(tmp_path: pathlib.Pa
     assert out[0] == str(REPO_ROOT / "trainer-image" / "tidetune_trainer" / "__init__.py")
     assert out[1] == str(REPO_ROOT / "operator" / "tidetune_operator" / "__init__.py")
     assert out[2] == str(tmp_path / "python")
+    # the venv's own .pth files ran as in the venv (setuptools' distutils shim, the
+    # editable install's finder — after the path, so the tree wins)
+    finders = "import sys; print([getattr(f, '__name__', type(f).__name__) for f in sys.meta_path])"
+    seen = [
+        subprocess.run(
+            [python, "-I", "-c", finders], cwd="/", capture_output=True, text=True, check=True
+        ).stdout
+        for python in (str(bin_dir / "python"), sys.executable)
+    ]
+    assert seen[0] == seen[1]
     # made again (another lab from the same tree): the same, no error
     assert images.image_python(venv_bin, tmp_path / "python") == bin_dir
 
