@@ -351,7 +351,7 @@ def test_generate_and_chat_with_the_exported_merged_model_and_adapter(
 ) -> None:
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text(
-        json.dumps({"messages": [{"role": "user", "content": "12+7="}]})
+        json.dumps({"messages": [{"role": "user", "content": "What is 3 times 4?"}]})
         + "\n"
         + json.dumps({"prompt": "3*4=", "completion": "12"})
         + "\n"
@@ -373,7 +373,8 @@ def test_generate_and_chat_with_the_exported_merged_model_and_adapter(
         assert len(rows) == 2 and rows[1]["prompt"] == "3*4="
         answers[artifact] = [r["completion"] for r in rows]
     assert answers["merged"] == answers["final"]
-    out = tt("chat", f"{NS}/alpha", "--max-new-tokens", "6", input="12+7=\n\n")
+    assert answers["merged"][0].strip()  # this prompt gets more than whitespace
+    out = tt("chat", f"{NS}/alpha", "--max-new-tokens", "6", input="What is 3 times 4?\n\n")
     assert out.returncode == 0, out.stderr[-2000:]
     merged = jobs["alpha"]["status"]["outputUri"].rstrip("/") + "/merged/"
     assert f"chatting with {merged}" in out.stderr
