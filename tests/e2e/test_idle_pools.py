@@ -191,8 +191,13 @@ def test_a_node_taken_back_resumes_the_job_on_another_from_its_checkpoint(
         assert preempted["reason"] == "NodeReclaimed"
         resumed = [e for e in done["timeline"] if e["type"] in ("Resumed", "Running")][-1]
         from_step = int(resumed["message"].split("from step ")[1].split()[0])
-        if how == "reclaimed":  # checkpointed on SIGTERM, at least where the status was
+        if how == "reclaimed" and "killed" not in preempted["message"]:
+            # checkpointed on SIGTERM within the grace period: at least where the status was
             assert from_step >= at_kill, (from_step, at_kill)
+        elif how == "reclaimed":
+            # SIGKILLed at the end of the grace period before it said why (a very slow
+            # machine): resumed from a checkpoint no older than one interval
+            assert from_step >= at_kill - every, (from_step, at_kill)
         else:  # the last periodic checkpoint
             assert from_step % every == 0 and from_step >= every, (from_step, at_kill)
         others = {p["spec"]["nodeName"] for p in stack.pods(ns, "tidetune.io/job=taken")}
