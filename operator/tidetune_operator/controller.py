@@ -403,6 +403,17 @@ class Controller:
             return self.config.observe_interval_seconds
         return self.config.resync_interval_seconds
 
+    def _owned_launched(self, key: JobKey, job: FineTuneJob) -> list[dict[str, Any]]:
+        """Launched objects of this job (owned by its uid: not a namesake's leftovers)."""
+        return [
+            o
+            for o in (self.launched.get(key) or {}).values()
+            if any(
+                ref.get("uid") == job.metadata.uid
+                for ref in (o.get("metadata") or {}).get("ownerReferences") or []
+            )
+        ]
+
     def _previous_attempts(
         self, key: JobKey, job: FineTuneJob, newest: dict[str, Any] | None
     ) -> tuple[str, ...]:
@@ -414,24 +425,13 @@ class Controller:
         return tuple(
             sorted(
                 o["metadata"]["name"]
-                for o in (self.launched.get(key) or {}).values()
+                for o in self._owned_launched(key, job)
                 if o["metadata"]["name"] != name
-                and any(
-                    ref.get("uid") == job.metadata.uid
-                    for ref in (o.get("metadata") or {}).get("ownerReferences") or []
-                )
             )
         )
 
     def _newest_launched(self, key: JobKey, job: FineTuneJob) -> dict[str, Any] | None:
-        objects = [
-            o
-            for o in (self.launched.get(key) or {}).values()
-            if any(
-                ref.get("uid") == job.metadata.uid
-                for ref in (o.get("metadata") or {}).get("ownerReferences") or []
-            )
-        ]
+        objects = self._owned_launched(key, job)
         if not objects:
             return None
         return max(

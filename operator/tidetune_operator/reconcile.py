@@ -622,9 +622,7 @@ def _preempted_by_kueue(b: _Builder, name: str) -> None:
     ran is not unsuspended; see _alive)."""
     b.end_stint()
     b.status["preemptions"] = int(b.status.get("preemptions", 0)) + 1
-    attempt = int(b.status.get("attempt", 1)) + 1
-    b.act(ActionKind.DELETE_LAUNCHER, name=name)
-    _launch(b, attempt, suspend=True)
+    attempt = _replace_attempt(b, name)
     b.condition(C.RUNNING, False, Reason.PREEMPTED_BY_KUEUE, f"Kueue suspended {name}")
     b.timeline(
         "Preempted",
@@ -685,13 +683,19 @@ def _has_run(obj: dict[str, Any]) -> bool:
     return any(c.get("type") == "Running" for c in conditions)
 
 
-def _next_attempt(b: _Builder, old_name: str, why: str) -> None:
-    """Replace attempt N by N+1. N+1 is created suspended and started only once N's
-    launched job is gone (deleted in the foreground: after its pods), so that two attempts
-    never write to the run location at once (see :func:`_hand_over`)."""
+def _replace_attempt(b: _Builder, old_name: str) -> int:
+    """Replace attempt N by N+1; returns N+1. N+1 is created suspended and started only once
+    N's launched job is gone (deleted in the foreground: after its pods), so that two
+    attempts never write to the run location at once (see :func:`_hand_over`)."""
     b.act(ActionKind.DELETE_LAUNCHER, name=old_name)
     attempt = int(b.status.get("attempt", 1)) + 1
     _launch(b, attempt, suspend=True)
+    return attempt
+
+
+def _next_attempt(b: _Builder, old_name: str, why: str) -> None:
+    """The next attempt after a preemption or a crash (:func:`_replace_attempt`)."""
+    attempt = _replace_attempt(b, old_name)
     b.timeline(
         "Resumed", Reason.RESUMED, f"attempt {attempt} resumes from {_last_checkpoint(b)} ({why})"
     )
@@ -759,8 +763,7 @@ def _finished(b: _Builder, obj: dict[str, Any], state: LauncherState) -> None:
                 # SIGTERMed trainer exits non-zero before its pods are deleted, and a Failed
                 # job is never run again, even once unsuspended: this attempt is over. The
                 # next one is created suspended and waits for the resume; no preemption.
-                b.act(ActionKind.DELETE_LAUNCHER, name=name)
-                _launch(b, int(b.status.get("attempt", 1)) + 1, suspend=True)
+                _replace_attempt(b, name)
                 b.set_phase(
                     Phase.SUSPENDED, f"suspended ({why_not}); resumes from {_last_checkpoint(b)}"
                 )
@@ -857,9 +860,7 @@ def _alive(b: _Builder, obj: dict[str, Any], state: LauncherState) -> None:
             # may still count the SIGTERMed pod as a failed replica once it is unsuspended
             # (and fail it for good). The next attempt resumes from the checkpoint instead,
             # once this one's pods are gone.
-            attempt = int(b.status.get("attempt", 1)) + 1
-            b.act(ActionKind.DELETE_LAUNCHER, name=name)
-            _launch(b, attempt, suspend=True)
+            attempt = _replace_attempt(b, name)
             what = f"attempt {attempt} resumes from {_last_checkpoint(b)}"
         else:
             b.act(ActionKind.RESUME_LAUNCHER, name=name)

@@ -310,14 +310,7 @@ class Lab:
 
     def _start_agent(self, timeout: float = 60.0) -> None:
         assert self.supervisor is not None
-        nodes = []
-        for index, spec in enumerate(self.node_specs):
-            node = {
-                "address": self.network.node_address(index),
-                "podCIDR": self.network.pod_cidr(index),
-                **spec,
-            }
-            nodes.append(node)
+        nodes = [self._node_config(index) for index in range(len(self.node_specs))]
         config = {
             "workdir": str(self.workdir / "agent"),
             "bridge": self.network.bridge,
@@ -366,6 +359,14 @@ class Lab:
         self.hooks_url = json.loads(ready_line.get().split(" ", 1)[1])["hooks"]
         self.hooks = NodeAgentClient(self.hooks_url)
         self._wait_nodes_ready([n["name"] for n in nodes], timeout)
+
+    def _node_config(self, index: int) -> dict[str, Any]:
+        """Node ``index`` as the node agent takes it: its spec, address and pod CIDR."""
+        return {
+            "address": self.network.node_address(index),
+            "podCIDR": self.network.pod_cidr(index),
+            **self.node_specs[index],
+        }
 
     def _wait_nodes_ready(self, names: Iterable[str], timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -457,13 +458,7 @@ class Lab:
         """Register a node of ``nodes`` again after it was reclaimed or lost."""
         for index, spec in enumerate(self.node_specs):
             if spec["name"] == name:
-                self._hooks().add_node(
-                    {
-                        "address": self.network.node_address(index),
-                        "podCIDR": self.network.pod_cidr(index),
-                        **spec,
-                    }
-                )
+                self._hooks().add_node(self._node_config(index))
                 self._wait_nodes_ready([name], 60)
                 return
         raise LabError(
