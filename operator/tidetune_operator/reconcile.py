@@ -671,10 +671,11 @@ def _trainer_session(b: _Builder, name: str, run: RunState) -> None:
     b.timeline(
         "Preempted",
         Reason.NODE_RECLAIMED,
-        f"{name}: its pod was replaced (node lost?); the trainer resumed from step "
-        f"{run.resumed_from or 0}",
+        f"{name}: its pod was replaced (node lost?)",
         warning=True,
     )
+    start = f"step {run.resumed_from}" if run.resumed_from else "the start (no checkpoint yet)"
+    b.timeline("Resumed", Reason.RESUMED, f"{name}'s new pod resumes from {start}")
 
 
 def _has_run(obj: dict[str, Any]) -> bool:

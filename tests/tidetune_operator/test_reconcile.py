@@ -451,7 +451,8 @@ def test_a_pod_replaced_in_place_counts_one_preemption(config: OperatorConfig) -
     preempted = [e for e in d.events if e["type"] == "Preempted"]
     assert len(preempted) == 1 and preempted[0]["reason"] == "NodeReclaimed"
     assert "pod was replaced" in preempted[0]["message"]
-    assert "resumed from step 10" in preempted[0]["message"]
+    assert types(d)[-2:] == ["Preempted", "Resumed"]
+    assert "resumes from step 10" in d.events[-1]["message"]
     job, d = step(job, config, launcher=pj, run=run("s2", f"{name}-master-0", 12, resumed=10))
     assert job.status is not None and job.status.preemptions == 1
 
