@@ -16,7 +16,13 @@ import yaml
 
 from tidetune import layout
 from tidetune.api import FineTuneJob, ObjectMeta
-from tidetune.api.constants import API_VERSION, FINETUNEJOB_KIND, JOB_LABEL, KUEUE_QUEUE_LABEL
+from tidetune.api.constants import (
+    API_VERSION,
+    FINETUNEJOB_KIND,
+    JOB_LABEL,
+    KUEUE_PRIORITY_CLASS_LABEL,
+    KUEUE_QUEUE_LABEL,
+)
 from tidetune.api.constants import ATTEMPT_LABEL as ATTEMPT_LABEL
 from tidetune.api.idlepool import IdlePool
 from tidetune.layout import SPEC_FILE, SPEC_MOUNT, job_root, run_uri
@@ -277,10 +283,14 @@ def job_labels(job: FineTuneJob) -> dict[str, str]:
 
 
 def launcher_labels(job: FineTuneJob, attempt: int) -> dict[str, str]:
-    """Labels of a launched job: the job, the attempt, and Kueue's queue when named."""
+    """Labels of a launched job: the job, the attempt, and Kueue's queue and
+    WorkloadPriorityClass when named (Kueue reads both from the launched job's labels)."""
     labels = {**job_labels(job), ATTEMPT_LABEL: str(attempt)}
-    if job.spec.scheduling.queue_name:
-        labels[KUEUE_QUEUE_LABEL] = job.spec.scheduling.queue_name
+    scheduling = job.spec.scheduling
+    if scheduling.queue_name:
+        labels[KUEUE_QUEUE_LABEL] = scheduling.queue_name
+        if scheduling.workload_priority_class:
+            labels[KUEUE_PRIORITY_CLASS_LABEL] = scheduling.workload_priority_class
     return labels
 
 

@@ -280,6 +280,24 @@ BAD: list[tuple[str, str, dict[str, Any], str]] = [
     ("max-runtime-zero", JOB, {"spec.scheduling.maxRuntime": "0s"}, "spec.scheduling.maxRuntime"),
     ("pool-name", JOB, {"spec.scheduling.pool": "Night_A100"}, "spec.scheduling.pool"),
     ("priority", JOB, {"spec.scheduling.priority": 5000}, "spec.scheduling.priority"),
+    (
+        "workload-priority-class-without-queue",
+        JOB,
+        {"spec.scheduling.workloadPriorityClass": "high"},
+        "spec.scheduling.workloadPriorityClass",
+    ),
+    (
+        "workload-priority-class-name",
+        JOB,
+        {"spec.scheduling.queueName": "team-a", "spec.scheduling.workloadPriorityClass": "High"},
+        "spec.scheduling.workloadPriorityClass",
+    ),
+    (
+        "workload-priority-class-over-63",
+        JOB,
+        {"spec.scheduling.queueName": "team-a", "spec.scheduling.workloadPriorityClass": "p" * 64},
+        "spec.scheduling.workloadPriorityClass",
+    ),
     ("every-steps-0", JOB, {"spec.checkpointing.everySteps": 0}, "spec.checkpointing.everySteps"),
     ("keep-0", JOB, {"spec.checkpointing.keep": 0}, "spec.checkpointing.keep"),
     (
@@ -421,6 +439,15 @@ GOOD: list[tuple[str, str, dict[str, Any]]] = [
             "spec.hyperparameters.maxSteps": None,
             "spec.scheduling.queueName": None,
             "spec.hyperparameters.epochs": None,
+        },
+    ),
+    (
+        "kueue-priority",
+        JOB,
+        {
+            "spec.scheduling.pool": None,
+            "spec.scheduling.queueName": "team-a",
+            "spec.scheduling.workloadPriorityClass": "prod.high-priority",
         },
     ),
     ("cpu-as-int", JOB, {"spec.resources.cpu": 8}),

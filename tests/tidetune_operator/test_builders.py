@@ -111,6 +111,29 @@ def test_pool_placement_and_kueue_label(config: OperatorConfig) -> None:
     assert "Worker" not in pj["spec"]["pytorchReplicaSpecs"]
 
 
+@pytest.mark.parametrize(
+    "launcher", [PyTorchJobLauncher(), TrainJobLauncher()], ids=["PyTorchJob", "TrainJob"]
+)
+def test_kueue_workload_priority_class_is_a_label_of_the_launched_job(
+    config: OperatorConfig, launcher: PyTorchJobLauncher | TrainJobLauncher
+) -> None:
+    """Kueue takes a Workload's priority from its job's kueue.x-k8s.io/priority-class label
+    (the WorkloadPriorityClass), not from the pods' priorityClassName when the label is set."""
+    job = make_job(
+        edits={
+            "spec.scheduling.pool": None,
+            "spec.scheduling.queueName": "team-a",
+            "spec.scheduling.workloadPriorityClass": "prod.high",
+        }
+    )
+    labels = launcher.build(job, config, None, 1, True)["metadata"]["labels"]
+    assert labels["kueue.x-k8s.io/queue-name"] == "team-a"
+    assert labels["kueue.x-k8s.io/priority-class"] == "prod.high"
+    plain = make_job(edits={"spec.scheduling.pool": None, "spec.scheduling.queueName": "team-a"})
+    plain_labels = launcher.build(plain, config, None, 1, True)["metadata"]["labels"]
+    assert "kueue.x-k8s.io/priority-class" not in plain_labels
+
+
 def test_owner_reference_and_names_are_deterministic(config: OperatorConfig) -> None:
     job = make_job(edits={"metadata.name": "a" * 63})
     one = PyTorchJobLauncher().build(job, config, None, 1, False)

@@ -27,6 +27,8 @@ JOB_LABEL: Final = "tidetune.io/job"
 ATTEMPT_LABEL: Final = "tidetune.io/attempt"
 #: Label that hands a launched job to Kueue.
 KUEUE_QUEUE_LABEL: Final = "kueue.x-k8s.io/queue-name"
+#: Label that gives a launched job's Kueue Workload the priority of a WorkloadPriorityClass.
+KUEUE_PRIORITY_CLASS_LABEL: Final = "kueue.x-k8s.io/priority-class"
 
 #: Timeline bounds: keep the first and the last entries, drop the middle.
 TIMELINE_KEEP_FIRST: Final = 10

@@ -25,6 +25,7 @@ from tidetune.api.constants import (
     TuningType,
 )
 from tidetune.api.types import (
+    DNS1123_SUBDOMAIN_PATTERN,
     REASON_PATTERN,
     ApiModel,
     DisplayName,
@@ -746,6 +747,13 @@ class DeepSpeedConfig(ApiModel):
         return self
 
 
+#: A Kueue WorkloadPriorityClass name: a DNS-1123 subdomain that is also a label value (the
+#: kueue.x-k8s.io/priority-class label carries it), so at most 63 characters.
+WorkloadPriorityClassName = Annotated[
+    str, Field(min_length=1, max_length=63, pattern=DNS1123_SUBDOMAIN_PATTERN)
+]
+
+
 class Scheduling(ApiModel):
     """Where and when the job runs."""
 
@@ -756,6 +764,11 @@ class Scheduling(ApiModel):
                 "maxRuntime must be longer than 0s",
                 ".maxRuntime",
             ),
+            rule(
+                "!has(self.workloadPriorityClass) || has(self.queueName)",
+                "workloadPriorityClass is Kueue's: it applies only with queueName",
+                ".workloadPriorityClass",
+            ),
         )
     )
 
@@ -765,12 +778,32 @@ class Scheduling(ApiModel):
     queue_name: DnsLabel | None = Field(
         None, description="Kueue LocalQueue; sets the kueue.x-k8s.io/queue-name label."
     )
+    workload_priority_class: WorkloadPriorityClassName | None = Field(
+        None,
+        description=(
+            "Kueue WorkloadPriorityClass (cluster-scoped) of the job's Workloads; sets the "
+            "kueue.x-k8s.io/priority-class label. Kueue orders its queues by it and, where a "
+            "ClusterQueue allows preemption, evicts lower-priority Workloads for it. Only with "
+            "queueName."
+        ),
+    )
     priority: int = Field(
         0, ge=-1000, le=1000, description="Higher runs first within a pool, -1000–1000."
     )
     max_runtime: PositiveDuration = Field(
         "24h", description="Wall-clock budget across all attempts, e.g. 90m, 24h."
     )
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        if self.workload_priority_class is not None and self.queue_name is None:
+            fail(
+                "workloadPriorityClass",
+                "workloadPriorityClass is Kueue's: it applies only with queueName (a Kueue "
+                "LocalQueue); set scheduling.queueName or remove it (scheduling.priority orders "
+                "jobs within an IdlePool)",
+            )
+        return self
 
 
 class Checkpointing(ApiModel):
