@@ -10,6 +10,7 @@ Prints one line containing ``ready`` when everything is up. Then, e.g.::
 It runs etcd, kube-apiserver, the controller manager and scheduler, the node agent (its
 nodes run pods as local processes), the Kubeflow training operator, Kueue and an S3 server
 (bucket ``tidetune``), then installs TideTune with ``helm`` (``--no-tidetune``: not).
+``--trainer`` adds Kubeflow Trainer v2 and JobSet (TrainJobs; Kueue's TrainJob integration).
 ``DIR/lab.json`` says where each part is; ``DIR/logs`` holds every process's log.
 Needs root and ``bash .ci/setup``.
 """
@@ -38,6 +39,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-tidetune", action="store_true", help="do not install TideTune")
     parser.add_argument("--no-kueue", action="store_true", help="do not run Kueue")
     parser.add_argument(
+        "--trainer", action="store_true", help="run Kubeflow Trainer v2 and JobSet (TrainJob)"
+    )
+    parser.add_argument(
         "--set-json",
         metavar="JSON",
         default="{}",
@@ -65,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    lab = Lab(args.dir, kueue=not args.no_kueue)
+    lab = Lab(args.dir, kueue=not args.no_kueue, trainer=args.trainer)
     try:
         lab.start()
         if not args.no_tidetune:

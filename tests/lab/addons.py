@@ -1,5 +1,6 @@
 """The real controllers our jobs go through, run next to the control plane: the Kubeflow
-training operator v1 (PyTorchJob) and Kueue, built by ``.ci/setup-kube.sh``.
+training operator v1 (PyTorchJob), Kueue, and on demand Kubeflow Trainer v2 (TrainJob) with
+JobSet, built by ``.ci/setup-kube.sh``.
 
 Each runs as a host process with the admin kubeconfig (documented difference: on a cluster
 they run as Deployments with their own ServiceAccounts). Their webhooks are real: the
@@ -32,12 +33,28 @@ from tests.lab.controlplane import TOOLS, free_port, tool
 if TYPE_CHECKING:
     from tests.lab.cluster import Lab
 
-__all__ = ["install_kubeflow", "install_kueue", "manifests"]
+__all__ = [
+    "install_kubeflow",
+    "install_kueue",
+    "install_trainer",
+    "install_trainer_crds",
+    "manifests",
+]
 
 MANIFESTS = TOOLS / "manifests"
 KUEUE_NAMESPACE = "kueue-system"
 KUBEFLOW_NAMESPACE = "kubeflow"
 KUBEFLOW_WEBHOOK = "validator.training-operator.kubeflow.org"
+#: where Trainer v2 and JobSet keep their webhook Secrets: the namespaces each falls back to
+#: without a ServiceAccount namespace file (a host process has none)
+TRAINER_NAMESPACE = "kubeflow-system"
+JOBSET_NAMESPACE = "jobset-system"
+#: the names their certificate rotators look for (their releases' kustomize patches)
+TRAINER_WEBHOOKS = ("validator.trainer.kubeflow.org", "defaulter.trainer.kubeflow.org")
+JOBSET_WEBHOOKS = (
+    "jobset-validating-webhook-configuration",
+    "jobset-mutating-webhook-configuration",
+)
 #: the init container template TideTune's chart documents for restricted namespaces
 INIT_CONTAINER_TEMPLATE = (
     pathlib.Path(__file__).resolve().parents[2]
@@ -146,6 +163,18 @@ def _wait_listening(lab: Lab, port: int, what: str, timeout: float = 120) -> Non
     )
 
 
+#: the certificate directory controller-runtime webhooks built on cert-controller read
+DEFAULT_CERT_DIR = "/tmp/k8s-webhook-server/serving-certs"
+
+
+def _with_cert_dir(certs: pathlib.Path) -> list[str]:
+    """The argv prefix that runs a controller whose certificate directory is the constant
+    :data:`DEFAULT_CERT_DIR` with ``certs`` there instead, in a mount namespace of its own,
+    so that labs side by side do not clash."""
+    script = f'mkdir -p {DEFAULT_CERT_DIR} && mount --bind {certs} {DEFAULT_CERT_DIR} && exec "$@"'
+    return ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh"]
+
+
 def install_kubeflow(lab: Lab, *, controller: bool = True) -> None:
     """The Kubeflow training operator v1.9 with its CRDs and validating webhook (only the
     CRDs without ``controller``: PyTorchJobs are stored and nothing runs them)."""
@@ -173,27 +202,13 @@ def install_kubeflow(lab: Lab, *, controller: bool = True) -> None:
         doc["metadata"]["name"] = KUBEFLOW_WEBHOOK
         docs.append(doc)
     lab.apply_documents(docs)
-    # Its certificate directory is a constant (/tmp/k8s-webhook-server/serving-certs): give it
-    # a private one in a mount namespace of its own, so that labs side by side do not clash.
     certs = lab.workdir / "kubeflow-certs"
     project_secret(lab, KUBEFLOW_NAMESPACE, "training-operator-webhook-cert", certs)
-    binary = tool("training-operator.v1")
-    script = (
-        "mkdir -p /tmp/k8s-webhook-server/serving-certs && "
-        f'mount --bind {certs} /tmp/k8s-webhook-server/serving-certs && exec "$@"'
-    )
     lab.supervisor.add(
         "training-operator",
         [
-            "unshare",
-            "--mount",
-            "--propagation",
-            "private",
-            "sh",
-            "-c",
-            script,
-            "sh",
-            str(binary),
+            *_with_cert_dir(certs),
+            str(tool("training-operator.v1")),
             f"--webhook-server-port={port}",
             f"--metrics-bind-address=127.0.0.1:{free_port()}",
             f"--health-probe-bind-address=127.0.0.1:{free_port()}",
@@ -208,12 +223,17 @@ def install_kubeflow(lab: Lab, *, controller: bool = True) -> None:
     _wait_listening(lab, port, "the training operator")
 
 
-#: Kueue's integrations in the lab: the launchers TideTune uses.
+#: Kueue's integrations in the lab: the launchers TideTune uses (TrainJob where the lab has
+#: Trainer's CRDs).
 KUEUE_FRAMEWORKS = ["kubeflow.org/pytorchjob"]
+KUEUE_TRAINJOB = "trainer.kubeflow.org/trainjob"
 
 
-def install_kueue(lab: Lab) -> None:
-    """Kueue with its CRDs (conversion webhooks as its release installs them) and webhooks."""
+def install_kueue(lab: Lab, *, trainjob: bool = False) -> None:
+    """Kueue with its CRDs (conversion webhooks as its release installs them) and webhooks;
+    ``trainjob``: with its TrainJob integration too (Trainer's and JobSet's CRDs must be
+    installed first, or Kueue defers that integration with a backoff of up to 2 minutes)."""
+    frameworks = [*KUEUE_FRAMEWORKS, *([KUEUE_TRAINJOB] if trainjob else [])]
     base = MANIFESTS / "kueue"
     if not base.is_dir():
         raise FileNotFoundError(f"{base} is missing: run 'bash .ci/setup' (.ci/setup-kube.sh)")
@@ -242,7 +262,7 @@ def install_kueue(lab: Lab) -> None:
         if doc.get("kind") == "Secret":
             doc["metadata"]["namespace"] = KUEUE_NAMESPACE
             doc["metadata"]["name"] = "kueue-webhook-server-cert"
-    served = {fw.split("/")[-1] + "s" for fw in KUEUE_FRAMEWORKS}
+    served = {fw.split("/")[-1] + "s" for fw in frameworks}
     for doc in manifests(base / "webhook" / "manifests.yaml"):
         doc = _point_webhooks(doc, KUEUE_NAMESPACE, service)
         doc["metadata"]["name"] = "kueue-" + doc["metadata"]["name"]
@@ -271,7 +291,7 @@ def install_kueue(lab: Lab) -> None:
             "webhookServiceName": service,
             "webhookSecretName": "kueue-webhook-server-cert",
         },
-        "integrations": {"frameworks": KUEUE_FRAMEWORKS},
+        "integrations": {"frameworks": frameworks},
         # The on-demand visibility API (an aggregated API server) delegates authentication
         # with an in-cluster kubeconfig, which a host process has not; TideTune reads
         # Workloads, not that API.
@@ -290,3 +310,160 @@ def install_kueue(lab: Lab) -> None:
     )
     _wait_webhook_ready(lab, "mutatingwebhookconfiguration", "kueue-mutating-webhook-configuration")
     _wait_listening(lab, port, "Kueue")
+
+
+def _trainer_manifests() -> tuple[pathlib.Path, pathlib.Path]:
+    trainer, jobset = MANIFESTS / "trainer", MANIFESTS / "jobset"
+    for base in (trainer, jobset):
+        if not base.is_dir():
+            raise FileNotFoundError(f"{base} is missing: run 'bash .ci/setup' (.ci/setup-kube.sh)")
+    return trainer, jobset
+
+
+def install_trainer_crds(lab: Lab) -> None:
+    """Kubeflow Trainer v2's CRDs (TrainJob, the training runtimes) and JobSet's, nothing
+    running them: what Kueue's TrainJob integration needs to start, and what the API server
+    prunes a TrainJob against."""
+    trainer, jobset = _trainer_manifests()
+    lab.apply_documents([*manifests(trainer / "crds"), *manifests(jobset / "crd" / "bases")])
+
+
+def _controller_config(lab: Lab, name: str, doc: dict[str, Any]) -> pathlib.Path:
+    path = lab.workdir / f"{name}-config.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def _start_jobset(lab: Lab) -> None:
+    """JobSet (the controller that turns a TrainJob's JobSet into Jobs) with its webhooks."""
+    _, base = _trainer_manifests()
+    port = free_port(lab.network.gateway)
+    service = "jobset-webhook-service"
+    docs = _service_with_endpoints(lab, JOBSET_NAMESPACE, service, port)
+    docs.append(
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "type": "Opaque",
+            "metadata": {"name": "jobset-webhook-server-cert", "namespace": JOBSET_NAMESPACE},
+        }
+    )
+    for doc in manifests(base / "webhook" / "manifests.yaml"):
+        doc = _point_webhooks(doc, JOBSET_NAMESPACE, service)
+        doc["metadata"]["name"] = "jobset-" + doc["metadata"]["name"]
+        for hook in doc["webhooks"]:
+            if any("pods" in rule["resources"] for rule in hook["rules"]):
+                # its release's patch: the pod webhooks answer for JobSet's pods only
+                # (failurePolicy Fail on every pod of the cluster otherwise)
+                hook["objectSelector"] = {
+                    "matchExpressions": [
+                        {"key": "jobset.sigs.k8s.io/jobset-name", "operator": "Exists"}
+                    ]
+                }
+        docs.append(doc)
+    lab.apply_documents(docs)
+    config = _controller_config(
+        lab,
+        "jobset",
+        {
+            "apiVersion": "config.jobset.x-k8s.io/v1alpha1",
+            "kind": "Configuration",
+            "webhook": {"port": port},
+            "metrics": {"bindAddress": f"127.0.0.1:{free_port()}"},
+            "health": {"healthProbeBindAddress": f"127.0.0.1:{free_port()}"},
+            "leaderElection": {"leaderElect": False},
+            "internalCertManagement": {
+                "enable": True,
+                "webhookServiceName": service,
+                "webhookSecretName": "jobset-webhook-server-cert",
+            },
+        },
+    )
+    certs = lab.workdir / "jobset-certs"
+    project_secret(lab, JOBSET_NAMESPACE, "jobset-webhook-server-cert", certs)
+    lab.supervisor.add(
+        "jobset",
+        [*_with_cert_dir(certs), str(tool("jobset")), f"--config={config}", "--zap-log-level=2"],
+        lab.host_env(),
+    )
+    for kind, name in zip(("validatingwebhookconfiguration", "mutatingwebhookconfiguration"),
+                          JOBSET_WEBHOOKS, strict=True):  # fmt: skip
+        _wait_webhook_ready(lab, kind, name)
+    _wait_listening(lab, port, "JobSet")
+
+
+def _start_trainer(lab: Lab) -> None:
+    """Kubeflow Trainer v2's controller manager (TrainJob → JobSet) with its webhooks."""
+    base, _ = _trainer_manifests()
+    port = free_port(lab.network.gateway)
+    service = "kubeflow-trainer-controller-manager"
+    docs = _service_with_endpoints(lab, TRAINER_NAMESPACE, service, port)
+    docs.append(
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "type": "Opaque",
+            "metadata": {"name": "kubeflow-trainer-webhook-cert", "namespace": TRAINER_NAMESPACE},
+        }
+    )
+    for doc in manifests(base / "webhook" / "manifests.yaml"):
+        doc = _point_webhooks(doc, TRAINER_NAMESPACE, service)
+        # the names its release gives them (webhook/patch_*.yaml), which its rotator looks for
+        validating = doc["kind"] == "ValidatingWebhookConfiguration"
+        doc["metadata"]["name"] = TRAINER_WEBHOOKS[0 if validating else 1]
+        docs.append(doc)
+    lab.apply_documents(docs)
+    config = _controller_config(
+        lab,
+        "trainer",
+        {
+            "apiVersion": "config.trainer.kubeflow.org/v1alpha1",
+            "kind": "Configuration",
+            "webhook": {"port": port},
+            "metrics": {"bindAddress": f"127.0.0.1:{free_port()}", "secureServing": False},
+            "health": {"healthProbeBindAddress": f"127.0.0.1:{free_port()}"},
+            "leaderElection": {"leaderElect": False},
+            "certManagement": {
+                "enable": True,
+                "webhookServiceName": service,
+                "webhookSecretName": "kubeflow-trainer-webhook-cert",
+            },
+        },
+    )
+    certs = lab.workdir / "trainer-certs"
+    project_secret(lab, TRAINER_NAMESPACE, "kubeflow-trainer-webhook-cert", certs)
+    lab.supervisor.add(
+        "trainer",
+        [
+            *_with_cert_dir(certs),
+            str(tool("trainer-controller-manager")),
+            f"--config={config}",
+            "--zap-log-level=2",
+        ],
+        lab.host_env(),
+    )
+    for kind, name in zip(("validatingwebhookconfiguration", "mutatingwebhookconfiguration"),
+                          TRAINER_WEBHOOKS, strict=True):  # fmt: skip
+        _wait_webhook_ready(lab, kind, name)
+    _wait_listening(lab, port, "Kubeflow Trainer")
+
+
+def install_trainer(lab: Lab) -> None:
+    """Kubeflow Trainer v2 and JobSet running, side by side, with their webhooks (their CRDs
+    first: each watches the other's kind)."""
+    install_trainer_crds(lab)
+    errors: list[str] = []
+
+    def run(part: Any) -> None:
+        try:
+            part(lab)
+        except Exception as exc:  # reported together below
+            errors.append(f"{part.__name__.lstrip('_')}: {exc}")
+
+    threads = [threading.Thread(target=run, args=(p,)) for p in (_start_jobset, _start_trainer)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise RuntimeError("Kubeflow Trainer did not start: " + "; ".join(errors))

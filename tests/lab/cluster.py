@@ -7,7 +7,9 @@
    gateway address, port 443, kube-controller-manager, kube-scheduler);
 3. then, side by side: a moto S3 server on the gateway (bucket ``tidetune``), the node agent
    (:mod:`tests.lab.nodeagent`: the Nodes in ``nodes``, their pods run as local processes),
-   the Kubeflow training operator v1 and Kueue with their webhooks (:mod:`tests.lab.addons`).
+   the Kubeflow training operator v1 and Kueue with their webhooks (:mod:`tests.lab.addons`);
+   with ``trainer``, Kubeflow Trainer v2 and JobSet too (or only their CRDs, so that Kueue's
+   TrainJob integration is on; :meth:`Lab.start_trainer` starts them later, on demand).
 
 It writes ``DIR/kubeconfig`` (the admin's) and ``DIR/lab.json`` — the API URL, the S3
 endpoint and keys, the node agent's test hooks, ``gpuPool`` (the nodeSelector, tolerations
@@ -113,6 +115,9 @@ class Lab:
         kubeflow: run the training operator (``True``), install only its CRDs (``"crds"``:
             PyTorchJobs are stored and nothing runs them), or nothing (``False``).
         kueue: run Kueue with its webhooks.
+        trainer: run Kubeflow Trainer v2 and JobSet (``True``), install only their CRDs
+            (``"crds"``: Kueue's TrainJob integration starts; :meth:`start_trainer` runs the
+            controllers when a test needs them), or nothing (``False``).
         s3: run the S3 server.
     """
 
@@ -123,14 +128,18 @@ class Lab:
         nodes: Sequence[Mapping[str, Any]] = DEFAULT_NODES,
         kubeflow: bool | str = True,
         kueue: bool = True,
+        trainer: bool | str = False,
         s3: bool = True,
     ) -> None:
         if kubeflow not in (True, False, "crds"):
             raise ValueError(f"kubeflow: True, False or 'crds', not {kubeflow!r}")
+        if trainer not in (True, False, "crds"):
+            raise ValueError(f"trainer: True, False or 'crds', not {trainer!r}")
         self.workdir = pathlib.Path(workdir).resolve()
         self.node_specs = [dict(n) for n in nodes]
         self.with_kubeflow = kubeflow
         self.with_kueue = kueue
+        self.with_trainer = trainer
         self.with_s3 = s3
         self.network = LabNetwork()
         self.controlplane: ControlPlane | None = None
@@ -187,6 +196,7 @@ class Lab:
             "gpuPool": GPU_POOL,
             "nodes": [n["name"] for n in self.node_specs],
             "network": {"bridge": self.network.bridge, "gateway": self.network.gateway},
+            "trainer": self.with_trainer,
             "startupSeconds": self.startup_seconds,
             "logs": str(self.workdir / "logs"),
         }
@@ -223,6 +233,7 @@ class Lab:
         lab.hooks_url = info.get("hooks") or ""
         lab.hooks = NodeAgentClient(lab.hooks_url) if lab.hooks_url else None
         lab.startup_seconds = dict(info.get("startupSeconds") or {})
+        lab.with_trainer = info.get("trainer", False)
         lab._attached = True
         return lab
 
@@ -261,8 +272,17 @@ class Lab:
             parts["kubeflow"] = lambda: addons.install_kubeflow(self, controller=False)
         elif self.with_kubeflow:
             parts["kubeflow"] = lambda: addons.install_kubeflow(self)
-        if self.with_kueue:
+        if self.with_kueue and self.with_trainer:
+            # Trainer's CRDs first: Kueue's TrainJob integration starts with Kueue
+            def kueue() -> None:
+                addons.install_trainer_crds(self)
+                addons.install_kueue(self, trainjob=True)
+
+            parts["kueue"] = kueue
+        elif self.with_kueue:
             parts["kueue"] = lambda: addons.install_kueue(self)
+        elif self.with_trainer:
+            parts["trainerCrds"] = lambda: addons.install_trainer_crds(self)
         with concurrent.futures.ThreadPoolExecutor(len(parts)) as pool:
             futures = {
                 name: pool.submit(self._run_timed, name, part) for name, part in parts.items()
@@ -275,6 +295,30 @@ class Lab:
                     errors.append(f"{name}: {exc}")
         if errors:
             raise LabError("the lab did not start:\n" + "\n".join(errors))
+        if self.with_trainer is True:
+            self.with_trainer = "crds"
+            self.start_trainer()
+
+    def start_trainer(self) -> None:
+        """Run Kubeflow Trainer v2 and JobSet (their CRDs too, if missing); nothing when they
+        run already. Kueue's TrainJob integration is on only if the lab started with
+        ``trainer`` (``"crds"`` is enough)."""
+        with self._lock:
+            if self.with_trainer is True:
+                return
+            if self._attached or self.supervisor is None:
+                raise LabError(
+                    "this lab does not run Kubeflow Trainer, and an attached lab cannot start "
+                    "it: start the lab with 'python -m tests.lab --trainer'"
+                )
+            began = time.monotonic()
+            try:
+                addons.install_trainer(self)
+            except Exception as exc:
+                raise LabError(f"Kubeflow Trainer did not start: {exc}") from exc
+            self.with_trainer = True
+            self.startup_seconds["trainer"] = round(time.monotonic() - began, 1)
+            self.write_info()
 
     def on_stop(self, callback: Any) -> None:
         """Call ``callback()`` when the lab stops (before what was started earlier stops)."""
