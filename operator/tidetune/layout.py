@@ -80,6 +80,14 @@ def rank_log_key(attempt: int, rank: int) -> str:
     return f"{LOGS_DIR}/attempt-{attempt}/rank-{rank}.log"
 
 
+def pod_log_key(attempt: int, pod: str) -> str:
+    """``logs/attempt-<N>/<pod>.log``, relative to the run location: the last lines of a
+    failed pod's log (what the kubelet kept of its container's output: the launcher's,
+    torchrun's and native errors besides the ranks' logs), kept there by the operator
+    before the attempt's pods are deleted."""
+    return f"{LOGS_DIR}/attempt-{attempt}/{pod}.log"
+
+
 def parse_rank_log_key(key: str) -> tuple[int, int] | None:
     """``(attempt, rank)`` from a key that ends in ``attempt-<N>/rank-<R>.log``, else None."""
     parts = key.rsplit("/", 2)

@@ -32,7 +32,7 @@ from tidetune.api.constants import JOB_LABEL, ConditionType
 from tidetune.api.idlepool import IdlePool
 from tidetune.clock import Clock, SystemClock
 from tidetune.contract import RunState
-from tidetune.storage import S3Credentials
+from tidetune.storage import S3Credentials, StorageError
 from tidetune_operator import admission, metrics, observe
 from tidetune_operator.builders import ATTEMPT_LABEL, build_event, job_root_uri
 from tidetune_operator.config import OperatorConfig
@@ -53,6 +53,7 @@ from tidetune_operator.reconcile import (
     ArtifactCheck,
     Decision,
     LaunchRefusal,
+    PodExit,
     World,
     decide,
     decide_invalid,
@@ -81,6 +82,11 @@ class LaunchRefusedError(Exception):
         super().__init__(refusal.message)
         self.refusal = refusal
 
+
+#: how much of a failed pod's log is kept in the run location (``pods/log`` tailLines and
+#: limitBytes)
+POD_LOG_LINES = 100
+POD_LOG_BYTES = 64 * 1024
 
 #: Events wait in a bounded queue and are posted by a few tasks (see ``_post_events``)
 EVENT_QUEUE_SIZE = 10_000
@@ -348,6 +354,10 @@ class Controller:
                 self._observed[key] = _Observed(time.monotonic(), run, _rv(launched))
             else:
                 run = seen.run if seen else None
+        pod_exits: tuple[PodExit, ...] = ()
+        if launched is not None and self.launcher.observe(launched).phase is LauncherPhase.FAILED:
+            creds = creds or await storage_credentials(self.kube, job, secret_data)
+            pod_exits = await self._pod_exits(key, launched, root, creds)
         pods_waiting: tuple[str, str] | None = None
         if (
             launched is not None
@@ -361,6 +371,7 @@ class Controller:
             now=now,
             launcher=launched,
             pods_waiting=pods_waiting,
+            pod_exits=pod_exits,
             previous_attempts=self._previous_attempts(key, job, launched),
             ref_problems=problems,
             pool=pool,
@@ -388,6 +399,64 @@ class Controller:
             return self._wait_delay(key)
         self._waiting.pop(key, None)
         return self._next_delay(Phase(new_status.get("phase", Phase.PENDING)), job)
+
+    async def _pod_exits(
+        self,
+        key: JobKey,
+        launched: dict[str, Any],
+        root: str | None,
+        creds: S3Credentials | None,
+    ) -> tuple[PodExit, ...]:
+        """How the failed launched job's pods ended, and their last log lines kept in the run
+        location (``logs/attempt-<N>/<pod>.log``). The training operator keeps failed pods
+        until the attempt is deleted (no backoffLimit: see ``launchers.pytorchjob``), which
+        happens only after this. Credentials are removed from messages and logs; a log that
+        cannot be read or kept is skipped with a warning (the cause is in the status)."""
+        assert self.kube is not None
+        name = launched["metadata"]["name"]
+        try:
+            pods = await self.kube.list(PODS, key[0], label_selector=f"{JOB_LABEL}={key[1]}")
+        except ApiError as err:
+            log.warning("%s/%s: cannot list the pods of %s: %s", *key, name, err)
+            return ()
+        secrets = [v for v in (creds.access_key, creds.secret_key) if v] if creds else []
+        labels = (launched.get("metadata") or {}).get("labels") or {}
+        attempt = int(labels.get(ATTEMPT_LABEL, 0) or 0)
+        out = []
+        kept: set[str] = set()
+        for found in observe.pod_exits(pods, name):
+            found = dataclasses.replace(found, message=observe.redact(found.message, secrets))
+            if root is not None and found.pod not in kept:
+                kept.add(found.pod)
+                uri = await self._keep_log(key, found, root, creds, attempt, secrets)
+                found = dataclasses.replace(found, log_uri=uri)
+            out.append(found)
+        return tuple(out)
+
+    async def _keep_log(
+        self,
+        key: JobKey,
+        found: PodExit,
+        root: str,
+        creds: S3Credentials | None,
+        attempt: int,
+        secrets: list[str],
+    ) -> str | None:
+        assert self.kube is not None
+        try:
+            text = await self.kube.pod_log(
+                found.pod, key[0], found.container, POD_LOG_LINES, POD_LOG_BYTES
+            )
+        except ApiError as err:
+            log.warning("%s/%s: cannot read the log of pod %s: %s", *key, found.pod, err)
+            return None
+        try:
+            return await asyncio.to_thread(
+                observe.keep_pod_log, root, creds, attempt, found.pod, observe.redact(text, secrets)
+            )
+        except StorageError as err:
+            log.warning("%s/%s: cannot keep the log of pod %s: %s", *key, found.pod, err)
+            return None
 
     def _wait_delay(self, key: JobKey) -> float:
         """When to look again for what a waiting job names: 2 s, 4 s, … up to the resync

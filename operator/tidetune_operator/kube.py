@@ -189,9 +189,19 @@ class Kube:
     async def _call(
         self, method: str, path: str, body: Any = None, content_type: str = "application/json"
     ) -> dict[str, Any]:
+        text = await self._send(method, path, body, content_type, "application/json")
+        result: dict[str, Any] = json.loads(text) if text else {}
+        return result
+
+    async def _send(self, method: str, path: str, body: Any, content_type: str, accept: str) -> str:
+        """One request (again once with a renewed token on a 401); the answer's text.
+
+        Raises:
+            ApiError: the server answered with an error, or could not be reached.
+        """
         self.requests[method] += 1
         data = None if body is None else json.dumps(body)
-        headers = {"Content-Type": content_type, "Accept": "application/json"}
+        headers = {"Content-Type": content_type, "Accept": accept}
         try:
             for again in (True, False):
                 token = self.token.current() if self.token is not None else None
@@ -216,8 +226,7 @@ class Kube:
                 except ValueError:
                     message, reason = text[:500], ""
                 raise ApiError(status, message, reason)
-            result: dict[str, Any] = json.loads(text) if text else {}
-            return result
+            return text
         except (TimeoutError, aiohttp.ClientError) as err:
             raise ApiError(0, f"{method} {path}: {type(err).__name__}: {err}") from err
 
@@ -230,6 +239,17 @@ class Kube:
             path += "?" + urllib.parse.urlencode({"labelSelector": label_selector})
         items: list[dict[str, Any]] = (await self._call("GET", path)).get("items") or []
         return items
+
+    async def pod_log(
+        self, name: str, namespace: str, container: str, tail_lines: int, limit_bytes: int
+    ) -> str:
+        """The last ``tail_lines`` lines (at most ``limit_bytes``) of a container's log
+        (``pods/log``), as text."""
+        query = urllib.parse.urlencode(
+            {"container": container, "tailLines": str(tail_lines), "limitBytes": str(limit_bytes)}
+        )
+        path = f"{PODS.path(namespace, name, 'log')}?{query}"
+        return await self._send("GET", path, None, "application/json", "*/*")
 
     async def get(self, res: Resource, name: str, namespace: str | None = None) -> dict[str, Any]:
         return await self._call("GET", res.path(namespace, name))

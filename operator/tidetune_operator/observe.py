@@ -11,9 +11,9 @@ import json
 from typing import Any
 
 from tidetune.contract import RunState, artifact_digest
-from tidetune.layout import ESTIMATE_FILE, MANIFEST_FILE, PROGRESS_FILE, run_uri
+from tidetune.layout import ESTIMATE_FILE, MANIFEST_FILE, PROGRESS_FILE, pod_log_key, run_uri
 from tidetune.storage import ObjectStore, S3Credentials, StorageError, open_store
-from tidetune_operator.reconcile import ArtifactCheck
+from tidetune_operator.reconcile import ArtifactCheck, PodExit
 
 
 def credentials_from_secret(data: dict[str, str] | None) -> S3Credentials | None:
@@ -142,3 +142,94 @@ def pods_waiting(pods: list[dict[str, Any]], launcher_name: str) -> tuple[str, s
         if status.get("phase") == "Pending" and creating is None:
             creating = ("ContainerCreating", f"{name}: scheduled, containers starting")
     return creating
+
+
+#: DisruptionTarget reasons the API server, scheduler, taint manager, pod GC and kubelet set
+#: on a pod they are about to stop (k8s.io/api core/v1 ``PodReason*``); any reason counts
+DISRUPTION_TARGET = "DisruptionTarget"
+
+
+def _stopped_by(pod: dict[str, Any]) -> str | None:
+    """Why the cluster stopped this pod, or None when nothing did: the ``DisruptionTarget``
+    condition's reason (eviction API, preemption, taint, pod GC, the kubelet), the kubelet's
+    ``Evicted`` status reason (node pressure), or ``Deleted`` (a deletion was asked for: the
+    training operator's clean-up of survivors, a suspension, a person)."""
+    status = pod.get("status") or {}
+    for cond in status.get("conditions") or []:
+        if cond.get("type") == DISRUPTION_TARGET and cond.get("status") == "True":
+            return str(cond.get("reason") or DISRUPTION_TARGET)
+    if status.get("reason") == "Evicted":
+        return "Evicted"
+    if (pod.get("metadata") or {}).get("deletionTimestamp"):
+        return "Deleted"
+    return None
+
+
+def pod_exits(pods: list[dict[str, Any]], launcher_name: str) -> tuple[PodExit, ...]:
+    """The non-zero exits of the launched job's pods, as their container statuses record
+    them: each regular container (and each init container that is not a sidecar) whose
+    current or last state is terminated with a non-zero code."""
+    out: list[PodExit] = []
+    for pod in pods:
+        meta = pod.get("metadata") or {}
+        name = str(meta.get("name", ""))
+        if not name.startswith(f"{launcher_name}-"):
+            continue
+        status = pod.get("status") or {}
+        sidecars = {
+            str(c.get("name"))
+            for c in (pod.get("spec") or {}).get("initContainers") or []
+            if c.get("restartPolicy") == "Always"
+        }
+        statuses = [
+            cs for cs in status.get("initContainerStatuses") or [] if cs.get("name") not in sidecars
+        ] + list(status.get("containerStatuses") or [])
+        stopped = _stopped_by(pod)
+        for cs in statuses:
+            term = (cs.get("state") or {}).get("terminated") or (cs.get("lastState") or {}).get(
+                "terminated"
+            )
+            if not term or not isinstance(term.get("exitCode"), int) or term["exitCode"] == 0:
+                continue
+            out.append(
+                PodExit(
+                    pod=name,
+                    container=str(cs.get("name", "")),
+                    exit_code=int(term["exitCode"]),
+                    reason=str(term.get("reason") or "Error"),
+                    message=str(term.get("message") or ""),
+                    finished_at=str(term.get("finishedAt") or ""),
+                    stopped_by=stopped,
+                )
+            )
+    return tuple(sorted(out, key=lambda e: (e.pod, e.container)))
+
+
+#: what replaces a credential found in a pod's log or termination message
+REDACTED = "***"
+#: credentials must be this long to be looked for (shorter ones would hit ordinary text)
+MIN_SECRET_LENGTH = 8
+
+
+def redact(text: str, secrets: list[str]) -> str:
+    """``text`` with every occurrence of each secret value replaced by ``***``. The trainer
+    never prints its credentials; this keeps a leak (a library dumping its environment, a
+    URL with a key in it) out of the job's status, Events and kept logs all the same."""
+    for secret in sorted(secrets, key=len, reverse=True):
+        if len(secret) >= MIN_SECRET_LENGTH:
+            text = text.replace(secret, REDACTED)
+    return text
+
+
+def keep_pod_log(
+    root: str, credentials: S3Credentials | None, attempt: int, pod: str, text: str
+) -> str:
+    """Write a failed pod's last log lines to ``<run>/logs/attempt-<N>/<pod>.log``; its URI.
+
+    Raises:
+        StorageError: the run location cannot be written.
+    """
+    store, key = open_store(run_uri(root), credentials)
+    rel = pod_log_key(attempt, pod)
+    store.write_bytes(ObjectStore.join(key, rel), text.encode("utf-8"))
+    return f"{run_uri(root)}/{rel}"

@@ -98,6 +98,30 @@ WAIT_FOR_REFERENCE: frozenset[Reason] = frozenset(
 
 
 @dataclass(frozen=True)
+class PodExit:
+    """How one container of an ended attempt's pod terminated, as the cluster recorded it
+    (the pod's ``containerStatuses``); read before the attempt is deleted (the training
+    operator keeps failed pods: see ``launchers.pytorchjob``)."""
+
+    pod: str
+    container: str
+    exit_code: int
+    #: the kubelet's reason: ``OOMKilled``, ``Error``, ``StartError``, ``Completed``, …
+    reason: str
+    #: the termination message (the trainer's last words, or with ``FallbackToLogsOnError``
+    #: the log's tail when it wrote none); credentials removed by the controller
+    message: str = ""
+    finished_at: str = ""
+    #: why the cluster stopped the pod, when it did: the pod's ``DisruptionTarget`` reason
+    #: (``EvictionByEvictionAPI``, ``PreemptionByScheduler``, ``DeletionByTaintManager``,
+    #: ``DeletionByPodGC``, ``TerminationByKubelet``), ``Evicted`` (node pressure), or
+    #: ``Deleted`` (its deletion was requested). None: it ended by itself.
+    stopped_by: str | None = None
+    #: where the pod's last log lines were kept in the run location, if they were
+    log_uri: str | None = None
+
+
+@dataclass(frozen=True)
 class World:
     job: FineTuneJob
     now: datetime
@@ -116,6 +140,8 @@ class World:
     #: why the launched job's pods do not run yet: (reason, message) from the pods
     #: (Unschedulable with the scheduler's message, ErrImagePull, …), None when unknown
     pods_waiting: tuple[str, str] | None = None
+    #: the non-zero exits of the ended launched job's pods (read when it Failed)
+    pod_exits: tuple[PodExit, ...] = ()
 
 
 class ActionKind(StrEnum):
@@ -384,6 +410,86 @@ def _outcome(world: World, message: str) -> exitcodes.Outcome:
         return exitcodes.Outcome.CRASHED
     # the process died without saying why: killed with its node, OOM-killed, evicted
     return exitcodes.Outcome.KILLED
+
+
+#: how much of a termination message goes into a cause (its last line)
+CAUSE_LINE_MAX = 300
+
+
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1][:CAUSE_LINE_MAX] if lines else ""
+
+
+def describe_exit(exit: PodExit, launched: str) -> str:
+    """One line on how a pod's container ended: ``worker-1 OOMKilled (exit 137)``,
+    ``master-0 exited 1: ValueError: …`` (the termination message's last line)."""
+    who = exit.pod.removeprefix(f"{launched}-")
+    if exit.reason == "OOMKilled":
+        return f"{who} OOMKilled (exit {exit.exit_code})"
+    last = _last_line(exit.message)
+    if exit.exit_code > exitcodes.SIGNAL_BASE and not last:
+        sig = exit.exit_code - exitcodes.SIGNAL_BASE
+        return f"{who} killed by signal {sig} (exit {exit.exit_code}, {exit.reason})"
+    if last:
+        return f"{who} exited {exit.exit_code}: {last}"
+    return f"{who} exited {exit.exit_code} ({exit.reason})"
+
+
+def _failed_by_itself(world: World, launched: str) -> list[PodExit]:
+    """The pods of ``launched`` that failed by themselves (no eviction, no deletion asked
+    for, not the trainer's own "preempted"), the first to end first."""
+    return sorted(
+        (
+            e
+            for e in world.pod_exits
+            if e.pod.startswith(f"{launched}-")
+            and e.stopped_by is None
+            and e.exit_code not in (exitcodes.SUCCEEDED, exitcodes.PREEMPTED)
+        ),
+        key=lambda e: (e.finished_at or "~", e.pod),
+    )
+
+
+def _pod_cause(world: World, launched: str) -> tuple[exitcodes.Outcome, str] | None:
+    """Why the attempt failed, from what the cluster recorded of its pods, or None when no
+    pod failed by itself (then the trainer's progress.json says, as before).
+
+    A pod that failed by itself is the cause even when its peers' trainers, stopped by the
+    training operator after it, wrote "preempted" (exit 85) to progress.json: an OOM kill
+    (``OOMKilled``) or a crash is a failure counted towards maxFailures, never a
+    preemption; exit 65 is bad input. A pod the cluster stopped (evicted, deleted, its
+    node drained) is not a cause: that is a preemption."""
+    failed = _failed_by_itself(world, launched)
+    if not failed:
+        return None
+    first = failed[0]
+    text = describe_exit(first, launched)
+    if len(failed) > 1:
+        text += f" (and {len(failed) - 1} more pods failed)"
+    logs = [e.log_uri for e in failed if e.log_uri]
+    if logs:
+        text += f"; last log lines in {logs[0]}"
+    if first.reason == "OOMKilled":
+        return exitcodes.Outcome.CRASHED, text
+    outcome = exitcodes.classify(first.exit_code)
+    if outcome is exitcodes.Outcome.BAD_INPUT:
+        run = world.run
+        return outcome, (run.message if run and run.message else first.message) or text
+    if outcome in (exitcodes.Outcome.KILLED, exitcodes.Outcome.PREEMPTED):
+        # killed by a signal that no eviction or deletion explains: not a preemption
+        outcome = exitcodes.Outcome.CRASHED
+    return outcome, text
+
+
+def _stopped_by_cluster(world: World, launched: str) -> str | None:
+    """``master-0 stopped by the cluster (EvictionByEvictionAPI)`` when the cluster stopped
+    one of the attempt's pods, else None."""
+    for e in world.pod_exits:
+        if e.pod.startswith(f"{launched}-") and e.stopped_by:
+            who = e.pod.removeprefix(f"{launched}-")
+            return f"{who} stopped by the cluster ({e.stopped_by}, exit {e.exit_code})"
+    return None
 
 
 def _last_checkpoint(b: _Builder) -> str:
@@ -741,7 +847,11 @@ def _finished(b: _Builder, obj: dict[str, Any], state: LauncherState) -> None:
         message = (
             (world.run.message if world.run else None) or state.message or "the trainer failed"
         )
-        outcome = _outcome(world, message)
+        cause = _pod_cause(world, name)
+        if cause is not None:
+            outcome, message = cause
+        else:
+            outcome = _outcome(world, message)
         b.end_stint()
         if outcome is exitcodes.Outcome.BAD_INPUT:
             b.fail(Reason.BAD_DATA, message)
@@ -760,7 +870,7 @@ def _finished(b: _Builder, obj: dict[str, Any], state: LauncherState) -> None:
         if outcome in (exitcodes.Outcome.PREEMPTED, exitcodes.Outcome.KILLED):
             if why_not is not None:
                 # Stopped on purpose (suspend, window closing). The training operator
-                # (restartPolicy Never, backoffLimit 0) marks the job Failed when the
+                # (restartPolicy Never) marks the job Failed when the
                 # SIGTERMed trainer exits non-zero before its pods are deleted, and a Failed
                 # job is never run again, even once unsuspended: this attempt is over. The
                 # next one is created suspended and waits for the resume; no preemption.
@@ -775,6 +885,9 @@ def _finished(b: _Builder, obj: dict[str, Any], state: LauncherState) -> None:
                 if outcome is exitcodes.Outcome.PREEMPTED
                 else "the trainer was killed (node reclaimed?)"
             )
+            stopped = _stopped_by_cluster(world, name)
+            if stopped:
+                what = f"{what}; {stopped}"
             b.timeline(
                 "Preempted",
                 Reason.NODE_RECLAIMED,
@@ -800,7 +913,8 @@ def _finished(b: _Builder, obj: dict[str, Any], state: LauncherState) -> None:
         )
         _next_attempt(b, name, f"retry {failures} of {b.config.max_failures}")
         b.set_phase(
-            Phase.RUNNING, f"retrying after a trainer failure ({failures}/{b.config.max_failures})"
+            Phase.RUNNING,
+            f"retrying after a trainer failure ({failures}/{b.config.max_failures}): {message}",
         )
         return
 

@@ -27,6 +27,7 @@ NAMESPACED_RESOURCES = {
     "pytorchjobs",
     "configmaps",
     "pods",
+    "pods/log",
     "secrets",
     "events",
 }

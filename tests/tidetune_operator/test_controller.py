@@ -36,6 +36,9 @@ class ApiServer:
         #: Secrets (decoded data) and ConfigMaps (data) the server has, by name
         self.secrets: dict[str, dict[str, str]] = {"s3-creds": dict(_CREDS)}
         self.configmaps: dict[str, dict[str, str]] = {}
+        #: pods (listed by label) and their containers' logs by pod name
+        self.pods: list[dict[str, Any]] = []
+        self.logs: dict[str, str] = {}
 
     async def handle(self, request: web.Request) -> web.Response:
         path, method = request.path, request.method
@@ -47,6 +50,12 @@ class ApiServer:
             return web.json_response({"kind": "Secret", "data": data})
         if method == "GET" and "/configmaps/" in path and name in self.configmaps:
             return web.json_response({"kind": "ConfigMap", "data": self.configmaps[name]})
+        if method == "GET" and path.endswith("/pods"):
+            return web.json_response({"kind": "PodList", "items": self.pods})
+        if method == "GET" and path.endswith("/log") and path.split("/")[-2] in self.logs:
+            tail = int(request.query["tailLines"])
+            lines = self.logs[path.split("/")[-2]].splitlines(keepends=True)
+            return web.Response(text="".join(lines[-tail:]), content_type="text/plain")
         if method == "POST" and path.endswith("/pytorchjobs") and self.refuse_launch:
             return web.json_response(self.refuse_launch, status=self.refuse_launch["code"])
         if method == "POST":
@@ -338,3 +347,67 @@ async def test_a_job_waiting_for_its_secret_holds_no_place_in_its_pools_queue(
     # but its own reconcile plans with it: it may have just found its Secret
     mine = c._candidates("night-a100", me=("team-a", "typo"))
     assert sorted(x.name for x in mine) == ["good", "typo"]
+
+
+@pytest.mark.asyncio
+async def test_a_failed_pod_is_read_and_its_log_kept_before_the_attempt_is_deleted(
+    api: tuple[ApiServer, Kube], config: OperatorConfig, tmp_path: Any
+) -> None:
+    """The launched job Failed: the operator lists its pods, says the cause (worker-0
+    OOM-killed) in status and Event, keeps the failed pod's last 100 log lines in the run
+    location, with the storage keys redacted everywhere, and only then deletes the attempt."""
+    server, kube = api
+    secret = "s3cr3t-value-0123456789"
+    server.secrets["s3-creds"] = {"accessKey": "AKIALONGENOUGH", "secretKey": secret}
+    body = job_body(**{"spec.output.uri": f"file://{tmp_path}", "spec.resources.nodes": 2})
+    body["status"] = {
+        "phase": "Running", "attempt": 1,
+        "conditions": [{"type": "Validated", "status": "True", "reason": "SpecValid",
+                        "message": "ok", "lastTransitionTime": "2026-11-22T22:00:00Z"}],
+    }  # fmt: skip
+    _JOB.clear()
+    _JOB.update(body)
+    c = controller(config, kube)
+    c.observe_job("ADDED", body)
+    job = make_job(edits={"spec.scheduling.pool": None, "spec.output.uri": f"file://{tmp_path}",
+                          "spec.resources.nodes": 2})  # fmt: skip
+    launched = PyTorchJobLauncher().build(job, config, None, 1, False)
+    launched["metadata"]["resourceVersion"] = "5"
+    launched["status"] = {"conditions": [{"type": "Failed", "status": "True"}]}
+    name = launched["metadata"]["name"]
+    c.observe_launched("ADDED", launched, enqueue=False)
+    server.pods = [
+        {
+            "metadata": {"name": f"{name}-worker-0"},
+            "status": {"phase": "Failed", "containerStatuses": [{"name": "pytorch", "state": {
+                "terminated": {"exitCode": 137, "reason": "OOMKilled",
+                               "message": f"loading shard 3\nkey {secret}\n"}}}]},
+        },
+    ]  # fmt: skip
+    server.logs[f"{name}-worker-0"] = "".join(f"line {i}\n" for i in range(150)) + (
+        f"AWS_SECRET_ACCESS_KEY={secret}\n"
+    )
+    await c.reconcile_job(("team-a", body["metadata"]["name"]))
+    status = server.status_patches[-1]
+    assert status["failures"] == 1 and status.get("preemptions", 0) == 0
+    assert "worker-0 OOMKilled (exit 137)" in status["message"]
+    uid = job.metadata.uid
+    kept = (
+        tmp_path
+        / "team-a"
+        / job.metadata.name
+        / uid
+        / "run/logs/attempt-1"
+        / (f"{name}-worker-0.log")
+    )
+    text = kept.read_text()
+    assert text.splitlines()[0] == "line 51" and len(text.splitlines()) == 100
+    assert secret not in text and "AWS_SECRET_ACCESS_KEY=***" in text
+    assert str(kept).removeprefix(str(tmp_path)) in json.dumps(status["timeline"])
+    assert secret not in json.dumps(status)
+    # read (pods, log) before the attempt was deleted
+    calls = [f"{m} {p}" for m, p in server.calls]
+    log_read = next(i for i, x in enumerate(calls) if x.endswith(f"/pods/{name}-worker-0/log"))
+    deleted = next(i for i, x in enumerate(calls) if x == f"DELETE /apis/kubeflow.org/v1/"
+                   f"namespaces/team-a/pytorchjobs/{name}")  # fmt: skip
+    assert log_read < deleted

@@ -198,3 +198,65 @@ def test_why_pods_do_not_run_comes_from_the_scheduler_then_the_containers() -> N
         "ContainerCreating",
         "j-1-master-0: ContainerCreating",
     )
+
+
+def test_pod_exits_are_read_from_the_container_statuses_with_who_stopped_the_pod() -> None:
+    from tidetune_operator.observe import pod_exits
+
+    def pod(name: str, *statuses: dict[str, Any], **extra: Any) -> dict[str, Any]:
+        meta = {"name": name, **extra.pop("meta", {})}
+        spec = extra.pop("spec", {})
+        status = {"phase": "Failed", "containerStatuses": list(statuses), **extra}
+        return {"metadata": meta, "spec": spec, "status": status}
+
+    def term(name: str, code: int, reason: str = "Error", **more: Any) -> dict[str, Any]:
+        return {"name": name, "state": {"terminated": {"exitCode": code, "reason": reason, **more}}}
+
+    oom = pod("j-1-worker-1", term("pytorch", 137, "OOMKilled", finishedAt="2026-01-01T00:00:01Z"))
+    crashed = pod("j-1-master-0", term("pytorch", 1, message="ValueError: x\n"))
+    evicted = pod(
+        "j-1-worker-2",
+        term("pytorch", 143),
+        conditions=[{"type": "DisruptionTarget", "status": "True",
+                     "reason": "EvictionByEvictionAPI"}],
+    )  # fmt: skip
+    pressure = pod("j-1-worker-3", term("pytorch", 137), reason="Evicted")
+    deleting = pod("j-1-worker-4", term("pytorch", 85), meta={"deletionTimestamp": "t"})
+    fine = pod("j-1-worker-5", term("pytorch", 0, "Completed"))
+    running = pod("j-1-worker-6", {"name": "pytorch", "state": {"running": {}}})
+    other = pod("j-2-master-0", term("pytorch", 1))
+    # the reward runtime sidecar stopped after the trainer: not the trainer's exit
+    sidecar = pod(
+        "j-1-worker-7",
+        term("pytorch", 0, "Completed"),
+        spec={"initContainers": [{"name": "reward-runtime", "restartPolicy": "Always"}]},
+        initContainerStatuses=[term("reward-runtime", 143)],
+    )
+    init_failed = pod("j-1-worker-8", initContainerStatuses=[term("init-pytorch", 1)])
+    exits = {e.pod: e for e in pod_exits(
+        [oom, crashed, evicted, pressure, deleting, fine, running, other, sidecar, init_failed],
+        "j-1",
+    )}  # fmt: skip
+    assert sorted(exits) == [
+        "j-1-master-0", "j-1-worker-1", "j-1-worker-2", "j-1-worker-3", "j-1-worker-4",
+        "j-1-worker-8",
+    ]  # fmt: skip
+    assert exits["j-1-worker-1"].reason == "OOMKilled" and exits["j-1-worker-1"].exit_code == 137
+    assert exits["j-1-worker-1"].finished_at == "2026-01-01T00:00:01Z"
+    assert exits["j-1-worker-1"].stopped_by is None
+    assert exits["j-1-master-0"].message == "ValueError: x\n"
+    assert exits["j-1-worker-2"].stopped_by == "EvictionByEvictionAPI"
+    assert exits["j-1-worker-3"].stopped_by == "Evicted"
+    assert exits["j-1-worker-4"].stopped_by == "Deleted"
+    assert exits["j-1-worker-8"].container == "init-pytorch"
+
+
+def test_credentials_are_redacted_from_pod_messages_and_logs() -> None:
+    from tidetune_operator.observe import redact
+
+    secret = "wJalrXUtnFEMI/K7MDENG"
+    text = f"connecting with key={secret} to s3\nAKIAEXAMPLE1 used; {secret}"
+    out = redact(text, [secret, "AKIAEXAMPLE1", "ab"])
+    assert secret not in out and "AKIAEXAMPLE1" not in out
+    assert out == "connecting with key=*** to s3\n*** used; ***"
+    assert redact("a tab b", ["ab", ""]) == "a tab b"  # too short to look for

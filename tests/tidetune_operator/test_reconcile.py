@@ -21,6 +21,7 @@ from tidetune_operator.reconcile import (
     ArtifactCheck,
     Decision,
     LaunchRefusal,
+    PodExit,
     World,
     decide,
     model_params_hint,
@@ -485,6 +486,145 @@ def test_a_trainer_killed_again_and_again_without_progress_is_a_failure_not_a_pr
     assert next(c for c in job.status.conditions if c.type == "Failed").reason == (
         "TooManyFailures"
     )
+
+
+def _exit(pod: str, code: int, reason: str = "Error", **kw: Any) -> PodExit:
+    return PodExit(pod=pod, container="pytorch", exit_code=code, reason=reason, **kw)
+
+
+def test_a_worker_oom_killed_is_a_failure_even_when_its_survivors_say_preempted(
+    config: OperatorConfig,
+) -> None:
+    """Worker 1 is OOM-killed; the training operator then stops the master, whose trainer
+    checkpoints on SIGTERM and writes exit 85 ("preempted") to progress.json. The cluster's
+    record of the worker is the cause: a failure counted towards maxFailures, said in the
+    status message, the timeline and its Event, never a preemption (which has no cap)."""
+    config = config.model_copy(update={"max_failures": 1})
+    job, pj = running_job(config, **{"spec.resources.nodes": 3})
+    name = pj["metadata"]["name"]
+    log_uri = f"s3://b/run/logs/attempt-1/{name}-worker-1.log"
+    exits = (
+        _exit(f"{name}-worker-1", 137, "OOMKilled", finished_at="2026-11-22T22:05:00Z",
+              log_uri=log_uri),
+        _exit(f"{name}-worker-0", 1, message="RuntimeError: NCCL peer lost",
+              finished_at="2026-11-22T22:05:03Z"),
+        # the master, stopped by the training operator after the worker failed
+        _exit(f"{name}-master-0", exitcodes.PREEMPTED, stopped_by="Deleted"),
+    )  # fmt: skip
+    failed = {**pj, "status": {"conditions": [{"type": "Failed", "status": "True"}]}}
+    run = RunState(
+        state="preempted", step=30, exit_code=exitcodes.PREEMPTED,
+        checkpoints=[{"step": 30, "uri": "u"}],
+    )  # fmt: skip
+    job, d = step(job, config, launcher=failed, run=run, pod_exits=exits)
+    st = job.status
+    assert st is not None and (st.failures, st.preemptions, st.attempt) == (1, 0, 2)
+    crashed = next(e for e in d.events if e["type"] == "Crashed")
+    assert crashed["warning"] is True
+    assert "worker-1 OOMKilled (exit 137) (and 1 more pods failed)" in crashed["message"]
+    assert log_uri in crashed["message"]
+    assert st.message is not None and "worker-1 OOMKilled (exit 137)" in st.message
+    assert "Preempted" not in types(d)
+    # the same again: over maxFailures, Failed with the cause
+    new = next(a.body for a in d.actions if a.kind is ActionKind.CREATE_LAUNCHER)
+    assert new is not None
+    name2 = new["metadata"]["name"]
+    failed2 = {**new, "status": {"conditions": [{"type": "Failed", "status": "True"}]}}
+    job, d = step(job, config, launcher=failed2, run=run,
+                  pod_exits=(_exit(f"{name2}-worker-1", 137, "OOMKilled"),))  # fmt: skip
+    st = job.status
+    assert st is not None and st.phase is Phase.FAILED
+    cond = next(c for c in st.conditions if c.type == "Failed")
+    assert cond.reason == "TooManyFailures" and "worker-1 OOMKilled (exit 137)" in cond.message
+    assert d.events[-1]["type"] == "Failed" and "worker-1 OOMKilled" in d.events[-1]["message"]
+
+
+def test_a_crash_says_the_last_line_of_the_termination_message(config: OperatorConfig) -> None:
+    job, pj = running_job(config)
+    name = pj["metadata"]["name"]
+    failed = {**pj, "status": {"conditions": [{"type": "Failed", "status": "True"}]}}
+    message = (
+        "Traceback (most recent call last):\n  ...\nValueError: Target modules {'x'} not found\n"
+    )
+    job, _ = step(job, config, launcher=failed,
+                  pod_exits=(_exit(f"{name}-master-0", 1, message=message),))  # fmt: skip
+    st = job.status
+    assert st is not None and st.failures == 1 and st.preemptions == 0
+    assert st.message is not None
+    assert "master-0 exited 1: ValueError: Target modules {'x'} not found" in st.message
+    assert "Traceback" not in st.message
+    # no message at all: the kubelet's reason
+    job2, pj2 = running_job(config)
+    failed2 = {**pj2, "status": {"conditions": [{"type": "Failed", "status": "True"}]}}
+    name2 = pj2["metadata"]["name"]
+    job2, _ = step(job2, config, launcher=failed2,
+                   pod_exits=(_exit(f"{name2}-master-0", 139, "Error"),))  # fmt: skip
+    assert job2.status is not None and job2.status.failures == 1
+    assert "master-0 killed by signal 11 (exit 139, Error)" in (job2.status.message or "")
+
+
+def test_a_long_termination_message_is_bounded(config: OperatorConfig) -> None:
+    job, pj = running_job(config)
+    name = pj["metadata"]["name"]
+    failed = {**pj, "status": {"conditions": [{"type": "Failed", "status": "True"}]}}
+    job, d = step(job, config, launcher=failed,
+                  pod_exits=(_exit(f"{name}-master-0", 1, message="E" * 5000),))  # fmt: skip
+    st = job.status
+    assert st is not None and st.message is not None and len(st.message) <= 1024
+    assert all(len(e["message"]) <= 1024 for e in d.events)
+
+
+def test_pod_exit_65_is_bad_input_and_not_retried(config: OperatorConfig) -> None:
+    job, pj = running_job(config)
+    name = pj["metadata"]["name"]
+    failed = {**pj, "status": {"conditions": [{"type": "Failed", "status": "True"}]}}
+    job, _ = step(job, config, launcher=failed, pod_exits=(
+        _exit(f"{name}-master-0", exitcodes.BAD_INPUT, message="train.jsonl:3: empty answer"),
+    ))  # fmt: skip
+    st = job.status
+    assert st is not None and st.phase is Phase.FAILED and st.failures == 0
+    cond = next(c for c in st.conditions if c.type == "Failed")
+    assert cond.reason == "BadData" and cond.message == "train.jsonl:3: empty answer"
+
+
+def test_an_evicted_pod_is_a_preemption_and_says_who_stopped_it(config: OperatorConfig) -> None:
+    """The node was drained (the eviction API marks the pod DisruptionTarget): the trainer
+    checkpointed on SIGTERM; a preemption, not a failure, whatever the exit code."""
+    job, pj = running_job(config)
+    name = pj["metadata"]["name"]
+    failed = {**pj, "status": {"conditions": [{"type": "Failed", "status": "True"}]}}
+    run = RunState(state="preempted", step=12, exit_code=exitcodes.PREEMPTED,
+                   checkpoints=[{"step": 12, "uri": "u"}])  # fmt: skip
+    exits = (_exit(f"{name}-master-0", 143, stopped_by="EvictionByEvictionAPI"),)
+    job, d = step(job, config, launcher=failed, run=run, pod_exits=exits)
+    st = job.status
+    assert st is not None and (st.preemptions, st.failures, st.attempt) == (1, 0, 2)
+    preempted = next(e for e in d.events if e["type"] == "Preempted")
+    assert (
+        "master-0 stopped by the cluster (EvictionByEvictionAPI, exit 143)"
+        in (preempted["message"])
+    )
+
+
+def test_a_signal_no_eviction_explains_is_a_failure(config: OperatorConfig) -> None:
+    """SIGKILLed (exit 137) without OOMKilled, with no eviction or deletion recorded: the
+    cluster did not stop it, so it is not a preemption."""
+    job, pj = running_job(config)
+    name = pj["metadata"]["name"]
+    failed = {**pj, "status": {"conditions": [{"type": "Failed", "status": "True"}]}}
+    job, _ = step(job, config, launcher=failed, run=RunState(state="running", step=12),
+                  pod_exits=(_exit(f"{name}-master-0", 137),))  # fmt: skip
+    st = job.status
+    assert st is not None and (st.preemptions, st.failures) == (0, 1)
+
+
+def test_another_attempts_pods_are_not_this_attempts_cause(config: OperatorConfig) -> None:
+    job, pj = running_job(config)
+    failed = {**pj, "status": {"conditions": [{"type": "Failed", "status": "True"}]}}
+    job, _ = step(job, config, launcher=failed, run=RunState(state="running", step=12),
+                  pod_exits=(_exit("someone-else-1-master-0", 137, "OOMKilled"),))  # fmt: skip
+    st = job.status
+    assert st is not None and (st.preemptions, st.failures) == (1, 0)  # as without pods
 
 
 def test_killed_trainer_counts_as_reclaimed_node(config: OperatorConfig) -> None:

@@ -94,10 +94,15 @@ used in the lab's end-to-end run (tests/e2e/test_zz_rbac.py).
   resources: ["configmaps"]
   verbs: ["create", "get"]
 # The launched job's pods, listed by label while they do not run (why: Unschedulable,
-# ErrImagePull, …, shown in the PodsReady condition). Never watched, never written.
+# ErrImagePull, …, shown in the PodsReady condition) and once it failed (exit codes, OOMKilled,
+# termination messages). Never watched, never written.
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["list"]
+# A failed pod's last log lines, kept in the job's run location before the attempt is deleted.
+- apiGroups: [""]
+  resources: ["pods/log"]
+  verbs: ["get"]
 # The job's storage Secret, read by name only: never list or watch.
 - apiGroups: [""]
   resources: ["secrets"]

@@ -44,7 +44,16 @@ class PyTorchJobLauncher(KubeflowKind):
 
         ``nprocPerNode`` is the GPUs per node, or ``1`` process per node for CPU jobs.
         Restarts are the operator's call (it tells preemption from bad data), so pods never
-        restart in place and ``backoffLimit`` is 0.
+        restart in place (``restartPolicy: Never``).
+
+        No ``backoffLimit``: with one, the training operator (v1.9, ``ReconcileJobs``)
+        deletes *every* pod at the first failed replica, failed ones included, before the
+        job has its Failed condition (``cleanPodPolicy`` is ignored until then), so the
+        failed container's exit code, reason (``OOMKilled``) and log are gone before anyone
+        reads them. Without one, a failed replica (``restartPolicy: Never``) marks the job
+        Failed, and ``cleanPodPolicy: Running`` then deletes only the pods still running or
+        pending (the survivors get SIGTERM and checkpoint); the failed pods stay, with their
+        statuses and logs, until the operator has read them and deletes the attempt.
         """
         root = builders.job_root_uri(job, config)
         if root is None:
@@ -76,7 +85,6 @@ class PyTorchJobLauncher(KubeflowKind):
                 "nprocPerNode": str(nproc),
                 "runPolicy": {
                     "suspend": suspend,
-                    "backoffLimit": 0,
                     "cleanPodPolicy": "Running",
                 },
                 "pytorchReplicaSpecs": replicas,
