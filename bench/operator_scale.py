@@ -17,7 +17,9 @@ until 3 s after the last launch), the operator process's peak RSS (``VmHWM``), i
 per job over the same span, and how long the N creates took (the API's own pace on this
 machine). Goals: ≥ 0.9× the peer's jobs/s, p99 ≤ 1.5× the peer's, ≤ 7 requests per job,
 RSS ≤ 200 MB.
-The lab needs root and ``bash .ci/setup``; the whole run takes 2–4 minutes on 2 cores.
+With ``--profile FILE`` the operator is sampled by py-spy during the batch (collapsed stacks,
+and the top functions printed). The lab needs root and ``bash .ci/setup``; the whole run
+takes 2–4 minutes on 2 cores.
 """
 
 from __future__ import annotations
@@ -30,8 +32,10 @@ import datetime
 import json
 import os
 import pathlib
+import signal
 import ssl
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -210,7 +214,50 @@ def peak_rss_mb(pid: int) -> float:
 # -- the two sides --------------------------------------------------------------------------
 
 
-def run_side(stack: Stack, side: str, jobs: int, timeout: float) -> dict[str, Any]:
+@contextlib.contextmanager
+def profiled(pid: int, out: pathlib.Path | None) -> Any:
+    """Sample ``pid`` with py-spy (collapsed stacks, for speedscope or flamegraph.pl) while
+    the block runs; nothing when ``out`` is None."""
+    if out is None:
+        yield
+        return
+    spy = pathlib.Path(sys.executable).with_name("py-spy")
+    if not spy.exists():
+        raise SystemExit(f"--profile needs py-spy: {spy.parent}/pip install py-spy")
+    proc = subprocess.Popen(
+        [str(spy), "record", "--pid", str(pid), "--format", "raw", "--rate", "250",
+         "--nonblocking", "--output", str(out)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    time.sleep(1.0)  # attached
+    try:
+        yield
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=60)
+
+
+def top_functions(collapsed: pathlib.Path, limit: int = 25) -> list[tuple[str, float]]:
+    """Inclusive share of samples per function (file:function), from py-spy's raw output."""
+    total = 0
+    inclusive: collections.Counter[str] = collections.Counter()
+    for line in collapsed.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue
+        total += int(count)
+        frames = {f.split(" (")[0] + " " + f.split(" (")[-1].split(":")[0].rsplit("/", 1)[-1]
+                  for f in stack.split(";")}  # fmt: skip
+        for frame in frames:
+            inclusive[frame] += int(count)
+    if not total:
+        return []
+    return [(f, round(100.0 * n / total, 1)) for f, n in inclusive.most_common(limit)]
+
+
+def run_side(
+    stack: Stack, side: str, jobs: int, timeout: float, profile: pathlib.Path | None = None
+) -> dict[str, Any]:
     namespace = f"bench-{side}"
     stack.namespace(namespace)
     # warm-up: the operator watches and launches
@@ -222,7 +269,8 @@ def run_side(stack: Stack, side: str, jobs: int, timeout: float) -> dict[str, An
     pid = operator_pid(stack)
     cpu_before = cpu_seconds(pid)
     names = [f"job-{i:05d}" for i in range(jobs)]
-    result = asyncio.run(measure(stack.lab, namespace, names, timeout))
+    with profiled(pid, profile):
+        result = asyncio.run(measure(stack.lab, namespace, names, timeout))
     created, launched = result["created"], result["launched"]
     last = max(launched.values(), default=time.monotonic())
     elapsed = last - result["started"]
@@ -313,14 +361,18 @@ def switch_to_peer(stack: Stack) -> None:
 
 
 def run(
-    jobs: int, timeout: float, workdir: pathlib.Path, values: dict[str, Any] | None = None
+    jobs: int,
+    timeout: float,
+    workdir: pathlib.Path,
+    values: dict[str, Any] | None = None,
+    profile: pathlib.Path | None = None,
 ) -> dict[str, Any]:
     lab = Lab(workdir, nodes=[cpu_node("cpu-0")], kubeflow="crds", kueue=False)
     lab.start()
     try:
         config = {**CHART_DEFAULTS["config"], **(values or {}).get("config", {})}
         stack = Stack(lab).install({**(values or {}), "config": config})
-        results: dict[str, Any] = {"tidetune": run_side(stack, "tidetune", jobs, timeout)}
+        results: dict[str, Any] = {"tidetune": run_side(stack, "tidetune", jobs, timeout, profile)}
         # the peer (-A) must not find TideTune's jobs: they go first (no finalizers)
         stack.kubectl("delete", "namespace", "bench-tidetune", "--timeout=180s")
         switch_to_peer(stack)
@@ -361,13 +413,23 @@ def main(argv: list[str] | None = None) -> int:
         default="{}",
         help='chart values for TideTune, e.g. \'{"config": {"workers": 32}}\'',
     )
+    parser.add_argument(
+        "--profile",
+        metavar="FILE",
+        help="sample TideTune's operator with py-spy during the batch (collapsed stacks)",
+    )
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         print("operator_scale: the lab needs root (a bridge, a network namespace per pod)")
         return 2
     with tempfile.TemporaryDirectory(prefix="tidetune-bench-") as tmp:
         workdir = pathlib.Path(args.keep) if args.keep else pathlib.Path(tmp) / "lab"
-        results = run(args.jobs, args.timeout, workdir, json.loads(args.values))
+        profile = pathlib.Path(args.profile).resolve() if args.profile else None
+        results = run(args.jobs, args.timeout, workdir, json.loads(args.values), profile)
+    if profile is not None and profile.exists():
+        print(f"operator profile (inclusive % of samples): {profile}")
+        for frame, share in top_functions(profile):
+            print(f"{share:6.1f}%  {frame}")
     ours, peer = results["tidetune"], results["peer"]
     results["ratio"] = ratios(ours, peer)
     results["goals"] = goals_met(ours, results["ratio"])

@@ -26,6 +26,21 @@ CONTROLLER = Controller(CONFIG, LAUNCHER)
 _CONNECTION: list[kopf.ConnectionInfo] = []
 
 
+class WatchOnlyDiffBase(kopf.DiffBaseStorage):
+    """No diff base: every handler here is a watch handler (``on.event``), which needs none,
+    yet kopf builds one per watch event (a deep copy of the object: a tenth of the
+    operator's CPU at 300 jobs). Nothing stored, nothing annotated."""
+
+    def build(self, *, body: kopf.Body, extra_fields: Any = None) -> kopf.BodyEssence:
+        return kopf.BodyEssence()
+
+    def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence | None:
+        return None
+
+    def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: kopf.BodyEssence) -> None:
+        return None
+
+
 @kopf.on.login()
 def operator_login(**kwargs: Any) -> kopf.ConnectionInfo | None:
     """Log in from the kubeconfig, or the pod's service account; remember it for writes."""
@@ -41,6 +56,11 @@ async def operator_startup(settings: kopf.OperatorSettings, logger: kopf.Logger,
     settings.watching.client_timeout = CONFIG.watch_timeout_seconds + 30
     settings.networking.request_timeout = CONFIG.request_timeout_seconds
     settings.posting.level = logging.WARNING  # our own Events carry the timeline
+    settings.persistence.diffbase_storage = WatchOnlyDiffBase()
+    if not logging.getLogger().isEnabledFor(logging.DEBUG):  # kopf run without --verbose
+        # not a line per watch event ("Handler 'finetunejob_event' succeeded."); kopf's
+        # warnings and errors about objects stay
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     settings.execution.max_workers = 4
     settings.batching.worker_limit = 1000
     if CONFIG.metrics_port:
