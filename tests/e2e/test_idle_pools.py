@@ -388,3 +388,139 @@ def test_a_job_kueue_evicts_waits_in_queued_and_resumes_when_readmitted(
     assert (done["preemptions"], done["attempt"]) == (1, 2), done["timeline"]
     reasons = [e["reason"] for e in done["timeline"]]
     assert "NodeReclaimed" not in reasons  # the eviction was counted once, as Kueue's
+
+
+def kueue_cohort(ns: str) -> list[dict[str, Any]]:
+    """Two ClusterQueues in one cohort: ``prod-cq`` owns the cohort's one CPU and takes it
+    back from lower-priority Workloads (``reclaimWithinCohort: LowerPriority``); ``batch-cq``
+    owns none and borrows it while prod is idle. Two WorkloadPriorityClasses."""
+    flavor = "lab-cpu"
+
+    def cluster_queue(name: str, cpus: int) -> dict[str, Any]:
+        return {
+            "apiVersion": "kueue.x-k8s.io/v1beta2",
+            "kind": "ClusterQueue",
+            "metadata": {"name": name},
+            "spec": {
+                "cohortName": "lab-cohort",
+                "namespaceSelector": {},
+                "preemption": {
+                    "reclaimWithinCohort": "LowerPriority",
+                    "withinClusterQueue": "LowerPriority",
+                },
+                "resourceGroups": [
+                    {
+                        "coveredResources": ["cpu", "memory"],
+                        "flavors": [
+                            {
+                                "name": flavor,
+                                "resources": [
+                                    {"name": "cpu", "nominalQuota": cpus},
+                                    {"name": "memory", "nominalQuota": "8Gi"},
+                                ],
+                            }
+                        ],
+                    }
+                ],
+            },
+        }
+
+    def local_queue(name: str, cq: str) -> dict[str, Any]:
+        return {
+            "apiVersion": "kueue.x-k8s.io/v1beta2",
+            "kind": "LocalQueue",
+            "metadata": {"name": name, "namespace": ns},
+            "spec": {"clusterQueue": cq},
+        }
+
+    def priority_class(name: str, value: int) -> dict[str, Any]:
+        return {
+            "apiVersion": "kueue.x-k8s.io/v1beta2",
+            "kind": "WorkloadPriorityClass",
+            "metadata": {"name": name},
+            "value": value,
+        }
+
+    return [
+        {"apiVersion": "kueue.x-k8s.io/v1beta2", "kind": "ResourceFlavor",
+         "metadata": {"name": flavor}},
+        priority_class("batch-low", 100),
+        priority_class("prod-high", 1000),
+        cluster_queue("prod-cq", 1),  # one tiny job (1 CPU) at a time
+        cluster_queue("batch-cq", 0),
+        local_queue("prod", "prod-cq"),
+        local_queue("batch", "batch-cq"),
+    ]  # fmt: skip
+
+
+def test_kueue_preempts_a_lower_priority_job_which_resumes_from_its_checkpoint(
+    stack: Stack, train_uri: str
+) -> None:
+    """A low-priority job borrows the prod ClusterQueue's CPU through the cohort; a
+    high-priority job arrives in prod and Kueue evicts the low one to reclaim it. The low
+    one checkpoints on SIGTERM, shows Queued (PreemptedByKueue) while the high one runs and
+    succeeds, then Kueue readmits it and it resumes from that checkpoint and succeeds with
+    one preemption."""
+    ns = "kueue-prio"
+    stack.namespace(ns)
+    stack.lab.apply_documents(kueue_cohort(ns))
+    stack.apply(
+        tiny_job(
+            "low", ns, train_uri, steps=80, every=5,
+            scheduling={"queueName": "batch", "workloadPriorityClass": "batch-low"},
+        )
+    )  # fmt: skip
+    first = wait_for(lambda: (stack.pytorchjobs(ns, "low") or [None])[0], 30, "the PyTorchJob")
+    assert first["metadata"]["labels"]["kueue.x-k8s.io/priority-class"] == "batch-low"
+
+    def workload_of(launched: str) -> dict[str, Any]:
+        items = json.loads(stack.kubectl("-n", ns, "get", "workloads", "-o", "json"))["items"]
+        return next(w for w in items if w["metadata"]["ownerReferences"][0]["name"] == launched)
+
+    at_arrival = stack.wait_step(ns, "low", 6, timeout=240)["progress"]["step"]
+    low_workload = workload_of(first["metadata"]["name"])  # borrowing prod's CPU
+    assert low_workload["spec"]["priority"] == 100
+    assert low_workload["spec"]["priorityClassRef"]["name"] == "batch-low"
+    stack.apply(
+        tiny_job(
+            "high", ns, train_uri, steps=6, every=3,
+            scheduling={"queueName": "prod", "workloadPriorityClass": "prod-high"},
+        )
+    )  # fmt: skip
+
+    def preempted() -> dict[str, Any] | None:
+        st = stack.status(ns, "low")
+        return st if st.get("preemptions") == 1 and st.get("phase") == "Queued" else None
+
+    st = wait_for(preempted, 120, "Kueue to preempt the low job", lambda: stack.describe(ns, "low"))
+    running = next(c for c in st["conditions"] if c["type"] == "Running")
+    assert (running["status"], running["reason"]) == ("False", "PreemptedByKueue")
+    entry = next(e for e in st["timeline"] if e["reason"] == "PreemptedByKueue")
+    assert first["metadata"]["name"] in entry["message"]
+    # Kueue preempted the low Workload for the high one (its Event; the Workload itself went
+    # with the deleted attempt), to reclaim prod's quota from a lower priority
+    events = json.loads(
+        stack.kubectl(
+            "-n", ns, "get", "events", "--field-selector",
+            f"reason=Preempted,involvedObject.name={low_workload['metadata']['name']}",
+            "-o", "json",
+        )
+    )["items"]  # fmt: skip
+    assert events and "reclamation within the cohort" in events[0]["message"], events
+
+    high = stack.wait_phase(ns, "high", "Succeeded", "Failed", timeout=300)
+    assert high["phase"] == "Succeeded", high.get("message")
+    assert high.get("preemptions", 0) == 0
+    (high_pj,) = stack.pytorchjobs(ns, "high")
+    assert workload_of(high_pj["metadata"]["name"])["spec"]["priority"] == 1000
+
+    done = stack.wait_phase(ns, "low", "Succeeded", "Failed", timeout=480)
+    assert done["phase"] == "Succeeded", done.get("message")
+    assert (done["preemptions"], done["attempt"]) == (1, 2), done["timeline"]
+    # the second attempt resumed from the checkpoint written on Kueue's SIGTERM: at least
+    # the step the job had passed when the high-priority job arrived
+    again = [e for e in done["timeline"] if e["type"] == "Running"][-1]
+    from_step = int(again["message"].split("from step ")[1].split()[0])
+    assert from_step >= at_arrival, (from_step, at_arrival, done["timeline"])
+    reasons = [e["reason"] for e in done["timeline"]]
+    assert "NodeReclaimed" not in reasons
