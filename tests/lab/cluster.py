@@ -119,6 +119,8 @@ class Lab:
             (``"crds"``: Kueue's TrainJob integration starts; :meth:`start_trainer` runs the
             controllers when a test needs them), or nothing (``False``).
         s3: run the S3 server.
+        agent: node agent settings that replace the lab's (``restartBackoff``, ``images``:
+            see :mod:`tests.lab.nodeagent`), for tests of the node agent itself.
     """
 
     def __init__(
@@ -130,6 +132,7 @@ class Lab:
         kueue: bool = True,
         trainer: bool | str = False,
         s3: bool = True,
+        agent: Mapping[str, Any] | None = None,
     ) -> None:
         if kubeflow not in (True, False, "crds"):
             raise ValueError(f"kubeflow: True, False or 'crds', not {kubeflow!r}")
@@ -141,6 +144,7 @@ class Lab:
         self.with_kueue = kueue
         self.with_trainer = trainer
         self.with_s3 = s3
+        self.agent_settings = dict(agent or {})
         self.network = LabNetwork()
         self.controlplane: ControlPlane | None = None
         self.supervisor: Supervisor | None = None
@@ -365,8 +369,10 @@ class Lab:
             "dns": {"address": self.network.dns},
             "hooks": {"port": 0},
             "nodes": nodes,
-            "images": image_table(TOOLS / "busybox"),
+            **self.agent_settings,
         }
+        if "images" not in config:
+            config["images"] = image_table(TOOLS / "busybox")
         path = self.workdir / "agent.json"
         path.write_text(json.dumps(config, indent=2))
         env = {**self.host_env(), "PYTHONPATH": str(REPO_ROOT), "PYTHONUNBUFFERED": "1"}
