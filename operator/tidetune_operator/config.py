@@ -20,6 +20,8 @@ from tidetune.api.types import Quantity
 from tidetune.estimate import DEFAULT_GPU_TYPE, DEFAULT_TABLES, EstimateTables
 
 CONFIG_ENV = "TIDETUNE_CONFIG"
+#: The longest wait between start-timeout retries (Kueue's requeuing backoff has the same cap).
+START_RETRY_BACKOFF_MAX_SECONDS = 3600.0
 
 #: Environment variables the operator itself sets in trainer containers
 #: (``builders.pod_template``); ``trainerEnv`` may not set them.
@@ -104,6 +106,26 @@ class OperatorConfig(BaseModel):
     )
     max_failures: int = Field(
         3, alias="maxFailures", ge=0, description="Genuine trainer crashes retried before Failed."
+    )
+    start_timeout_seconds: float = Field(
+        900.0,
+        alias="startTimeoutSeconds",
+        ge=0,
+        description="How long a launched job's pods may stay Pending (unschedulable, image "
+        "pull or container errors) before the attempt is ended and the job re-queued; 0: never.",
+    )
+    start_retry_backoff_seconds: float = Field(
+        60.0,
+        alias="startRetryBackoffSeconds",
+        gt=0,
+        description="Wait before the next attempt after a start timeout; doubles with each "
+        f"start timeout of the job, up to {START_RETRY_BACKOFF_MAX_SECONDS:.0f} s.",
+    )
+    max_start_timeouts: int = Field(
+        3,
+        alias="maxStartTimeouts",
+        ge=0,
+        description="Start timeouts retried before the job fails (StartTimeout).",
     )
     workers: int = Field(16, ge=1, le=256, description="Concurrent reconciles.")
     request_timeout_seconds: float = Field(30.0, alias="requestTimeoutSeconds", gt=0)

@@ -398,7 +398,12 @@ class Controller:
         if decision.waiting:
             return self._wait_delay(key)
         self._waiting.pop(key, None)
-        return self._next_delay(Phase(new_status.get("phase", Phase.PENDING)), job)
+        delay = self._next_delay(Phase(new_status.get("phase", Phase.PENDING)), job)
+        retry = parse_time(new_status.get("startRetryAfter"))
+        if delay is not None and retry is not None:
+            # the next attempt after a start timeout may start then: look again at that time
+            delay = min(delay, max(0.5, (retry - now).total_seconds() + 0.5))
+        return delay
 
     async def _pod_exits(
         self,

@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
@@ -35,13 +35,13 @@ from tidetune import exitcodes
 from tidetune.api import FineTuneJob, FineTuneJobStatus, Phase, Reason
 from tidetune.api.constants import ConditionType
 from tidetune.api.idlepool import IdlePool
-from tidetune.api.types import parse_duration
+from tidetune.api.types import format_duration, parse_duration
 from tidetune.contract import RunState, RunStateName, price_count
 from tidetune.estimate import EstimateError, estimate_for_spec, gpu_type_for
 from tidetune.layout import STATUS_METRICS
 from tidetune_operator import builders
 from tidetune_operator.admission import ADMIT_NOW, Admission
-from tidetune_operator.config import OperatorConfig
+from tidetune_operator.config import START_RETRY_BACKOFF_MAX_SECONDS, OperatorConfig
 from tidetune_operator.launchers import Launcher, LauncherPhase, LauncherState
 from tidetune_operator.status import (
     add_timeline,
@@ -330,6 +330,9 @@ class _Builder(_StatusWriter):
         self.job = world.job
         self.config = config
         self.launcher = launcher
+        #: kept only while this decision finds the launched job's pods still not running
+        #: (:func:`_start_timed_out`): any other path clears it
+        self.pods_pending_since = parse_time(self.status.pop("podsPendingSince", None))
 
 
 def _desired_suspend(world: World) -> Reason | None:
@@ -784,6 +787,73 @@ def _trainer_session(b: _Builder, name: str, run: RunState) -> None:
     b.timeline("Resumed", Reason.RESUMED, f"{name}'s new pod resumes from {start}")
 
 
+def _start_timed_out(b: _Builder, name: str, why: str, detail: str) -> bool:
+    """The launched job's pods are not running (``why``: the scheduler's or the node's
+    reason). Keeps ``podsPendingSince`` (in status: an operator restart does not reset the
+    clock); past ``startTimeoutSeconds`` the attempt is ended, its capacity given back: the
+    launched job is deleted (checkpoints stay), and the job waits in Queued, with a backoff,
+    for the next attempt — or fails once more than ``maxStartTimeouts`` attempts did not
+    start. True when the attempt was ended."""
+    since = b.pods_pending_since or b.now
+    b.status["podsPendingSince"] = iso(since)
+    timeout = b.config.start_timeout_seconds
+    if timeout <= 0 or (b.now - since).total_seconds() < timeout:
+        return False
+    del b.status["podsPendingSince"]
+    count = int(b.status.get("startTimeouts", 0)) + 1
+    b.status["startTimeouts"] = count
+    limit = b.config.max_start_timeouts
+    text = f"the pods of {name} did not start within {format_duration(timeout)}: {why}: {detail}"
+    b.condition(C.PODS_READY, False, Reason.START_TIMEOUT, text)
+    if count > limit:
+        b.act(ActionKind.DELETE_LAUNCHER, name=name)
+        b.fail(
+            Reason.START_TIMEOUT,
+            f"{text}; {count} attempts did not start (maxStartTimeouts {limit}); "
+            f"checkpoints ({_last_checkpoint(b)}) are kept",
+        )
+        return True
+    attempt = _replace_attempt(b, name)
+    backoff = min(
+        b.config.start_retry_backoff_seconds * 2 ** (count - 1), START_RETRY_BACKOFF_MAX_SECONDS
+    )
+    after = iso(b.now + timedelta(seconds=backoff))
+    b.status["startRetryAfter"] = after
+    later = (
+        f"attempt {attempt} goes to Kueue queue {b.job.spec.scheduling.queue_name}"
+        if b.job.spec.scheduling.queue_name
+        else f"attempt {attempt} starts after {after}"
+    )
+    b.condition(C.RUNNING, False, Reason.START_TIMEOUT, "the pods did not start")
+    b.condition(C.ADMITTED, False, Reason.START_TIMEOUT, f"capacity given back; {later}")
+    b.timeline(
+        "StartTimeout",
+        Reason.START_TIMEOUT,
+        f"{text}; {name} deleted, {later} (start timeout {count} of at most {limit + 1})",
+        warning=True,
+    )
+    b.status.setdefault("queuedTime", iso(b.now))
+    b.set_phase(Phase.QUEUED, f"{text}; {later}")
+    return True
+
+
+def _start_backoff(b: _Builder) -> bool:
+    """After a start timeout, the next attempt (created suspended) waits in Queued until
+    ``startRetryAfter``. For a Kueue job Kueue admits it when it will; the wait is only
+    noted."""
+    after = parse_time(b.status.get("startRetryAfter"))
+    if after is None:
+        return False
+    if b.now < after:
+        return True
+    del b.status["startRetryAfter"]
+    if b.phase is Phase.QUEUED:
+        b.status["message"] = (
+            f"retrying after a start timeout ({b.status.get('startTimeouts', 0)} so far)"
+        )
+    return False
+
+
 def _has_run(obj: dict[str, Any]) -> bool:
     """Whether a launched job's pods ever ran (it has a Running condition, true or not)."""
     conditions = (obj.get("status") or {}).get("conditions") or []
@@ -944,6 +1014,8 @@ def _alive(b: _Builder, obj: dict[str, Any], state: LauncherState) -> None:
         return
 
     if suspended:
+        if _start_backoff(b):
+            return
         if (
             job.spec.scheduling.queue_name
             and not condition_true(b.status, C.RUNNING)
@@ -990,6 +1062,7 @@ def _alive(b: _Builder, obj: dict[str, Any], state: LauncherState) -> None:
         # Kueue (or a person) unsuspended it, or a resume we asked for took effect
         b.condition(C.SUSPENDED, False, Reason.RESUMED, "running")
         if b.phase is Phase.QUEUED:
+            b.condition(C.ADMITTED, True, Reason.ADMITTED, f"{name} admitted")
             b.timeline("Admitted", Reason.ADMITTED, f"{name} admitted")
         b.set_phase(Phase.RUNNING)
     if state.phase is LauncherPhase.PENDING:
@@ -999,10 +1072,13 @@ def _alive(b: _Builder, obj: dict[str, Any], state: LauncherState) -> None:
             str(Reason.PODS_PENDING),
             f"waiting for the pods of {name} to be scheduled and started",
         )
+        if _start_timed_out(b, name, why, detail):
+            return
         b.condition(C.PODS_READY, False, why, detail)
         b.status["message"] = f"pods not running: {why}: {detail}"[:1024]
         return
     b.condition(C.PODS_READY, True, Reason.PODS_RUNNING, f"the pods of {name} run")
+    b.status.pop("startRetryAfter", None)
     b.start_stint()
 
     if state.phase is LauncherPhase.RESTARTING:

@@ -284,12 +284,15 @@ def test_a_two_node_job_runs_under_restricted_pod_security(stack: Stack, train_u
     } == {0}
 
 
-def test_pods_that_cannot_be_scheduled_are_not_billed_and_say_why(
+def test_pods_that_cannot_be_scheduled_are_not_billed_say_why_and_time_out(
     stack: Stack, train_uri: str
 ) -> None:
     """A GPU job outside the GPU pool: the GPU nodes' taint and the CPU node's lack of
     nvidia.com/gpu keep its pod Pending. The job says so (PodsReady=False with the
-    scheduler's words), has not started, and runs up no time."""
+    scheduler's words), has not started, and runs up no time. After the lab's start timeout
+    (60 s) the attempt is deleted and the job is Queued with the scheduler's reason; the
+    next attempt, 5 s later, times out too, and with the lab's maxStartTimeouts (1) the job
+    fails, reason StartTimeout, having never run."""
     stack.namespace("e2e-unschedulable")
     stack.apply(
         tiny_job("stuck", "e2e-unschedulable", train_uri, resources={"nodes": 1, "gpusPerNode": 1})
@@ -310,4 +313,52 @@ def test_pods_that_cannot_be_scheduled_are_not_billed_and_say_why(
     time.sleep(3)
     st = stack.status("e2e-unschedulable", "stuck")
     assert st.get("runSeconds", 0) == 0 and "startTime" not in st and "runningSince" not in st
+    assert st["podsPendingSince"]
+    (first,) = stack.pytorchjobs("e2e-unschedulable", "stuck")
+
+    def timed_out() -> dict[str, Any] | None:
+        st = stack.status("e2e-unschedulable", "stuck")
+        return st if st.get("startTimeouts") else None
+
+    st = wait_for(
+        timed_out, 120, "the start timeout", lambda: stack.describe("e2e-unschedulable", "stuck")
+    )
+    entry = next(e for e in st["timeline"] if e["reason"] == "StartTimeout")
+    assert entry["message"].startswith(
+        f"the pods of {first['metadata']['name']} did not start within 1m: Unschedulable: "
+    ), entry
+    assert "nvidia.com/gpu" in entry["message"], entry
+    if st["phase"] == "Queued":  # (a slow look may find the retry started already)
+        cond = next(c for c in st["conditions"] if c["type"] == "PodsReady")
+        assert cond["reason"] == "StartTimeout" and "nvidia.com/gpu" in cond["message"], cond
+        assert "did not start within 1m" in st["message"]
+    events = json.loads(
+        stack.kubectl(
+            "-n", "e2e-unschedulable", "get", "events", "--field-selector",
+            "reason=StartTimeout,involvedObject.name=stuck", "-o", "json",
+        )
+    )["items"]  # fmt: skip
+    assert events and events[0]["type"] == "Warning", events
+    # the capacity is given back: the first attempt's PyTorchJob (and pod) go
+    wait_for(
+        lambda: (
+            first["metadata"]["name"]
+            not in {p["metadata"]["name"] for p in stack.pytorchjobs("e2e-unschedulable", "stuck")}
+        ),
+        60,
+        "the first attempt's PyTorchJob to be deleted",
+    )
+    failed = stack.wait_phase("e2e-unschedulable", "stuck", "Failed", timeout=180)
+    cond = next(c for c in failed["conditions"] if c["type"] == "Failed")
+    assert cond["reason"] == "StartTimeout", cond
+    assert "did not start within 1m: Unschedulable" in cond["message"], cond
+    assert "maxStartTimeouts 1" in cond["message"], cond
+    assert (failed["startTimeouts"], failed["attempt"]) == (2, 2)
+    assert failed.get("runSeconds", 0) == 0 and "startTime" not in failed
+    assert failed.get("preemptions", 0) == 0 and failed.get("failures", 0) == 0
+    wait_for(
+        lambda: stack.pytorchjobs("e2e-unschedulable", "stuck") == [],
+        60,
+        "the last attempt's PyTorchJob to be deleted",
+    )
     stack.kubectl("-n", "e2e-unschedulable", "delete", "ftj", "stuck")

@@ -53,6 +53,11 @@ LAB_VALUES: dict[str, Any] = {
         "resyncIntervalSeconds": 5,
         "defaultOutputUri": "s3://tidetune/artifacts",
         "terminationGraceSeconds": 30,
+        # pods that do not run within a minute end the attempt; one retry after 5 s, then the
+        # job fails (a pod here starts in seconds, a reward runtime's sidecar first included)
+        "startTimeoutSeconds": 60,
+        "startRetryBackoffSeconds": 5,
+        "maxStartTimeouts": 1,
         # every step takes at least 50 ms, so that jobs can be caught mid-run on a fast machine
         "trainerEnv": {"TIDETUNE_STEP_DELAY_SECONDS": "0.05"},
         "defaultResources": {

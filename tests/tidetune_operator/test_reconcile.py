@@ -89,7 +89,7 @@ def test_pods_that_do_not_start_are_not_billed_and_say_why(config: OperatorConfi
     job, d = step(make_job(edits={"spec.scheduling.pool": None}), config)
     pending = launched(d, "Created")
     why = ("Unschedulable", "x-1-master-0: 0/3 nodes are available: 3 Insufficient nvidia.com/gpu")
-    for minutes in (10, 40):
+    for minutes in (10, 24):  # pending for less than the start timeout (15m)
         job, d = step(
             job, config, launcher=pending, pods_waiting=why, now=T0 + timedelta(minutes=minutes)
         )
@@ -109,6 +109,166 @@ def test_pods_that_do_not_start_are_not_billed_and_say_why(config: OperatorConfi
     assert (pods.status, pods.reason) == ("True", "PodsRunning")
     job, d = step(job, config, launcher=running, now=T0 + timedelta(minutes=51))
     assert job.status is not None and job.status.running_since == T0 + timedelta(minutes=41)
+
+
+UNSCHEDULABLE = (
+    "Unschedulable",
+    "x-1-master-0: 0/3 nodes are available: 3 Insufficient nvidia.com/gpu",
+)
+
+
+def _pending_job(config: OperatorConfig, **edits: Any) -> tuple[FineTuneJob, dict[str, Any]]:
+    job, d = step(make_job(edits={"spec.scheduling.pool": None, **edits}), config)
+    return job, launched(d, "Created")
+
+
+def test_pods_that_do_not_start_in_time_give_the_capacity_back(config: OperatorConfig) -> None:
+    """Past startTimeoutSeconds (15m) of Pending pods the attempt is ended: the launched job
+    is deleted, the next one created suspended, and the job waits in Queued with the
+    scheduler's reason until the backoff has passed; then the next attempt starts and gets
+    a start timeout of its own."""
+    job, pending = _pending_job(config)
+    first = pending["metadata"]["name"]
+    job, d = step(job, config, launcher=pending, pods_waiting=UNSCHEDULABLE)
+    assert job.status is not None and job.status.pods_pending_since == T0
+    # the clock is in status: whoever decides next (a restarted operator) goes on counting
+    job, d = step(
+        job, config, launcher=pending, pods_waiting=UNSCHEDULABLE, now=T0 + timedelta(minutes=14)
+    )
+    st = job.status
+    assert st is not None and st.phase is Phase.RUNNING and d.actions == []
+    assert st.pods_pending_since == T0 and st.start_timeouts == 0
+    timeout_at = T0 + timedelta(minutes=15)
+    job, d = step(job, config, launcher=pending, pods_waiting=UNSCHEDULABLE, now=timeout_at)
+    st = job.status
+    assert st is not None and st.phase is Phase.QUEUED
+    assert kinds(d) == [
+        ActionKind.DELETE_LAUNCHER,
+        ActionKind.CREATE_CONFIG_MAP,
+        ActionKind.CREATE_LAUNCHER,
+    ]
+    assert d.actions[0].name == first
+    second = launched(d, "Created", "Suspended", suspend=True)
+    assert second["spec"]["runPolicy"]["suspend"] is True and st.attempt == 2
+    assert st.start_timeouts == 1 and st.pods_pending_since is None
+    assert st.start_retry_after == timeout_at + timedelta(seconds=60)
+    assert st.preemptions == 0 and st.failures == 0
+    pods = next(c for c in st.conditions if c.type == "PodsReady")
+    assert (pods.status, pods.reason) == ("False", "StartTimeout")
+    assert pods.message.startswith(f"the pods of {first} did not start within 15m: Unschedulable")
+    assert "0/3 nodes are available: 3 Insufficient nvidia.com/gpu" in pods.message
+    admitted = next(c for c in st.conditions if c.type == "Admitted")
+    assert (admitted.status, admitted.reason) == ("False", "StartTimeout")
+    assert st.message is not None and "did not start within 15m" in st.message
+    assert st.run_seconds == 0 and st.start_time is None
+    (entry,) = [e for e in d.events if e["type"] == "StartTimeout"]
+    assert entry["warning"] is True and "nvidia.com/gpu" in entry["message"]
+    # the backoff: attempt 2 stays suspended (the old one's pods are gone)
+    job, d = step(job, config, launcher=second, now=timeout_at + timedelta(seconds=59))
+    assert d.actions == [] and job.status is not None and job.status.phase is Phase.QUEUED
+    retry_at = timeout_at + timedelta(seconds=60)
+    job, d = step(job, config, launcher=second, now=retry_at)
+    assert [(a.kind, a.name) for a in d.actions] == [
+        (ActionKind.RESUME_LAUNCHER, second["metadata"]["name"])
+    ]
+    assert job.status is not None and job.status.start_retry_after is None
+    # attempt 2's pods are pending too: its own clock, from when it was started
+    resumed = {**second, "spec": {**second["spec"], "runPolicy": {"suspend": False}}}
+    resumed["status"] = {"conditions": [{"type": "Created", "status": "True"}]}
+    later = retry_at + timedelta(seconds=5)
+    job, d = step(job, config, launcher=resumed, pods_waiting=UNSCHEDULABLE, now=later)
+    st = job.status
+    assert st is not None and st.phase is Phase.RUNNING and st.pods_pending_since == later
+    assert next(c for c in st.conditions if c.type == "Admitted").status == "True"
+    job, d = step(
+        job,
+        config,
+        launcher=resumed,
+        pods_waiting=UNSCHEDULABLE,
+        now=later + timedelta(minutes=15),
+    )
+    st = job.status
+    assert st is not None and st.phase is Phase.QUEUED and st.start_timeouts == 2
+    # the backoff doubles
+    assert st.start_retry_after == later + timedelta(minutes=15, seconds=120)
+
+
+def test_repeated_start_timeouts_fail_the_job(config: OperatorConfig) -> None:
+    config = config.model_copy(update={"max_start_timeouts": 1, "start_timeout_seconds": 60})
+    job, pending = _pending_job(config)
+    job, d = step(job, config, launcher=pending, pods_waiting=UNSCHEDULABLE)
+    job, d = step(
+        job, config, launcher=pending, pods_waiting=UNSCHEDULABLE, now=T0 + timedelta(minutes=1)
+    )
+    assert job.status is not None and job.status.phase is Phase.QUEUED
+    second = launched(d, "Created", "Suspended", suspend=True)
+    job, d = step(job, config, launcher=second, now=T0 + timedelta(minutes=2))
+    assert kinds(d) == [ActionKind.RESUME_LAUNCHER]
+    resumed = {**second, "spec": {**second["spec"], "runPolicy": {"suspend": False}}}
+    resumed["status"] = {"conditions": [{"type": "Created", "status": "True"}]}
+    why = ("ErrImagePull", "x-2-master-0: container trainer: pull access denied")
+    job, d = step(job, config, launcher=resumed, pods_waiting=why, now=T0 + timedelta(minutes=2))
+    job, d = step(job, config, launcher=resumed, pods_waiting=why, now=T0 + timedelta(minutes=3))
+    st = job.status
+    assert st is not None and st.phase is Phase.FAILED and st.start_timeouts == 2
+    assert [(a.kind, a.name) for a in d.actions] == [
+        (ActionKind.DELETE_LAUNCHER, resumed["metadata"]["name"])
+    ]
+    failed = next(c for c in st.conditions if c.type == "Failed")
+    assert failed.reason == "StartTimeout"
+    assert "did not start within 1m: ErrImagePull" in failed.message
+    assert "pull access denied" in failed.message and "maxStartTimeouts 1" in failed.message
+
+
+def test_the_start_clock_restarts_when_the_pods_run_or_the_job_is_suspended(
+    config: OperatorConfig,
+) -> None:
+    job, pending = _pending_job(config)
+    job, _ = step(job, config, launcher=pending, pods_waiting=UNSCHEDULABLE)
+    running = {**pending, "status": {"conditions": [{"type": "Running", "status": "True"}]}}
+    job, d = step(job, config, launcher=running, now=T0 + timedelta(minutes=14))
+    assert job.status is not None and job.status.pods_pending_since is None
+    # pending again (a pod replaced in place, a restart): a new clock
+    job, d = step(
+        job, config, launcher=pending, pods_waiting=UNSCHEDULABLE, now=T0 + timedelta(minutes=20)
+    )
+    assert job.status is not None
+    assert job.status.pods_pending_since == T0 + timedelta(minutes=20)
+    # suspended by its owner while pending: no clock while suspended
+    job = job.model_copy(update={"spec": job.spec.model_copy(update={"suspend": True})})
+    job, d = step(
+        job, config, launcher=pending, pods_waiting=UNSCHEDULABLE, now=T0 + timedelta(minutes=30)
+    )
+    assert kinds(d) == [ActionKind.SUSPEND_LAUNCHER]
+    assert job.status is not None and job.status.pods_pending_since is None
+
+
+def test_no_start_timeout_when_it_is_zero(config: OperatorConfig) -> None:
+    config = config.model_copy(update={"start_timeout_seconds": 0})
+    job, pending = _pending_job(config)
+    job, _ = step(job, config, launcher=pending, pods_waiting=UNSCHEDULABLE)
+    job, d = step(
+        job, config, launcher=pending, pods_waiting=UNSCHEDULABLE, now=T0 + timedelta(days=2)
+    )
+    assert d.actions == [] and job.status is not None and job.status.phase is Phase.RUNNING
+
+
+def test_a_kueue_job_that_does_not_start_goes_back_to_kueue(config: OperatorConfig) -> None:
+    job, pending = _pending_job(config, **{"spec.scheduling.queueName": "team-a"})
+    admitted = {**pending, "spec": {**pending["spec"], "runPolicy": {"suspend": False}}}
+    job, _ = step(job, config, launcher=admitted, pods_waiting=UNSCHEDULABLE)
+    job, d = step(
+        job, config, launcher=admitted, pods_waiting=UNSCHEDULABLE, now=T0 + timedelta(hours=1)
+    )
+    st = job.status
+    assert st is not None and st.phase is Phase.QUEUED and st.start_timeouts == 1
+    nxt = launched(d, "Created", "Suspended", suspend=True)
+    assert nxt["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a"
+    assert "goes to Kueue queue team-a" in (st.message or "")
+    # Kueue admits it when it will; the operator does not resume it itself
+    for minutes in (61, 70):
+        job, d = step(job, config, launcher=nxt, now=T0 + timedelta(minutes=minutes))
+        assert d.actions == [] and job.status is not None and job.status.phase is Phase.QUEUED
 
 
 def test_bad_reference_fails_without_launching(config: OperatorConfig) -> None:

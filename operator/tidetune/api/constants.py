@@ -71,6 +71,8 @@ class Reason(StrEnum):
     # pods of the launched job
     PODS_PENDING = "PodsPending"
     PODS_RUNNING = "PodsRunning"
+    #: the pods did not run within the operator's startTimeoutSeconds: attempt ended
+    START_TIMEOUT = "StartTimeout"
     # validation
     SPEC_VALID = "SpecValid"
     SPEC_INVALID = "SpecInvalid"

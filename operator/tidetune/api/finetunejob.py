@@ -1212,6 +1212,20 @@ class FineTuneJobStatus(StatusModel):
         None, description="Start of the current running stint (maxRuntime counts it too)."
     )
     attempt: int = Field(0, ge=0, description="Launch attempts so far (1 after the first launch).")
+    pods_pending_since: datetime | None = Field(
+        None,
+        description=(
+            "Since when the current attempt's pods have been asked to run and do not yet; the "
+            "operator's start timeout counts from it (cleared once they run)."
+        ),
+    )
+    start_timeouts: int = Field(
+        0, ge=0, description="Attempts ended because their pods did not start in time."
+    )
+    start_retry_after: datetime | None = Field(
+        None,
+        description="After a start timeout: the next attempt is not started before this time.",
+    )
     trainer_session: str | None = Field(
         None,
         max_length=256,
