@@ -17,16 +17,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Sequence
 from typing import Any
 
-from tidetune.storage import StorageError
-
-from .errors import DataError
-from .prepare import DataSettings, load_data
-from .records import FORMATS, Columns
+from .cli import READ_ERRORS, add_file_arguments, read_file
 from .tokenize import PreferenceSample, TokenizedSample, tokenize_preference, tokenize_sft
 
 GREEN, YELLOW, RESET = "\x1b[42;30m", "\x1b[43;30m", "\x1b[0m"
@@ -38,19 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="tidetune data preview",
         description="Show each sample's tokens and which of them carry loss.",
     )
-    p.add_argument("file", metavar="FILE", help="dataset URI: a path, file://, pvc:// or s3://")
-    p.add_argument("--format", required=True, choices=FORMATS, help="record format")
-    p.add_argument(
-        "--model",
-        default="builtin://tiny-llama",
-        help="model whose tokenizer to use (default: builtin://tiny-llama, trained on FILE)",
-    )
-    p.add_argument("--max-seq-length", type=int, default=2048, help="default: 2048")
+    add_file_arguments(p)
     p.add_argument("--limit", type=int, default=5, help="samples to show (default: 5; 0: all)")
-    p.add_argument("--prompt-column", default="prompt", help="prompt-completion only")
-    p.add_argument("--response-column", default="completion", help="prompt-completion only")
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument(
         "--color",
         choices=("auto", "always", "never"),
@@ -127,24 +111,11 @@ def render(sample: dict[str, Any], color: bool) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``tidetune data preview``; return the exit code."""
     args = build_parser().parse_args(list(argv) if argv is not None else None)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    from ..tiny import ModelLoadError, load_tokenizer
-
     try:
-        settings = DataSettings(
-            train_uri=args.file,
-            format=args.format,
-            columns=Columns(prompt=args.prompt_column, completion=args.response_column),
-            max_seq_length=args.max_seq_length,
-            packing=False,
-            seed=args.seed,
-        )
-        loaded = load_data(settings)
-        tokenizer = load_tokenizer(args.model, texts=loaded.texts(), seed=args.seed)
+        _, loaded, tokenizer = read_file(args, packing=False)
         records = loaded.train if args.limit <= 0 else loaded.train[: args.limit]
         samples = samples_of(records, tokenizer, args.format, args.max_seq_length)
-    except (DataError, StorageError, ModelLoadError) as e:
+    except READ_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     if args.json:

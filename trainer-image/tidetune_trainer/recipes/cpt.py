@@ -16,24 +16,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from tidetune_trainer.recipes.sft import CausalLMObjective
+from tidetune_trainer.recipes.sft import run_causal_lm
 
 if TYPE_CHECKING:
     from tidetune_trainer.session import Session
 
 
 def run(session: Session) -> None:
-    """Train and export a CPT job."""
-    # ---- setup
-    data, tokenizer = session.prepare_data("cpt")
-    model = session.load_model(tokenizer)
-    packed, flatten = session.check_packing(model, data, tokenizer)
-    session.write_estimate(data.report.tokens, model, rows=len(data.train_rows))
-    engine = session.create_engine(model, rows=len(data.train_rows))
-    objective = CausalLMObjective(tokenizer.pad_token_id, packed=packed, flatten=flatten)
-    # ---- train
-    loop = session.make_loop(engine, objective, data.train_rows, data.validation_rows, tokenizer)
-    loop.resume()
-    loop.run()
-    # ---- save
-    session.export(engine, tokenizer, loop)
+    """Train and export a CPT job (see the module docstring)."""
+    run_causal_lm(session, "cpt")

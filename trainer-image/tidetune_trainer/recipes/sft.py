@@ -74,8 +74,14 @@ class CausalLMObjective:
 
 def run(session: Session) -> None:
     """Train and export an SFT job (see the module docstring)."""
+    run_causal_lm(session, "sft")
+
+
+def run_causal_lm(session: Session, method: str) -> None:
+    """Setup → train → save with :class:`CausalLMObjective`: the SFT and CPT recipes, which
+    differ only in how ``method``'s data becomes rows and loss weights."""
     # ---- setup
-    data, tokenizer = session.prepare_data("sft")
+    data, tokenizer = session.prepare_data(method)
     model = session.load_model(tokenizer)
     packed, flatten = session.check_packing(model, data, tokenizer)
     session.write_estimate(data.report.tokens, model, rows=len(data.train_rows))

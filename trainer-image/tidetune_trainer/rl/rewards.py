@@ -192,57 +192,59 @@ def _references(p: Params, columns: Mapping[str, Sequence[Any]], n: int, name: s
     return ["" if v is None else v if isinstance(v, str) else json.dumps(v) for v in vals]
 
 
-def _exact(p: Params, name: str) -> RuleFn:
+def _each(fn: Callable[[str], float]) -> RuleFn:
+    """A rule that scores each completion by itself with ``fn``."""
+
+    def score(
+        prompts: Sequence[str], comps: Sequence[str], cols: Mapping[str, Sequence[Any]]
+    ) -> list[float]:
+        return [fn(c) for c in comps]
+
+    return score
+
+
+def _against_reference(p: Params, name: str, match: Callable[[str, str], bool]) -> RuleFn:
+    """A rule that scores 1.0 where ``match(completion, reference)``, else 0.0; the
+    references are the data's ``params.column`` (see :func:`_references`)."""
+
     def score(
         prompts: Sequence[str], comps: Sequence[str], cols: Mapping[str, Sequence[Any]]
     ) -> list[float]:
         refs = _references(p, cols, len(comps), name)
-        out = []
-        for c, r in zip(comps, refs, strict=True):
-            a, b = extract(c, p.extract), extract(r, p.extract)
-            ok = (
-                a is not None
-                and b is not None
-                and _norm(a, p.case_sensitive) == _norm(b, p.case_sensitive)
-            )
-            out.append(1.0 if ok else 0.0)
-        return out
+        return [1.0 if match(c, r) else 0.0 for c, r in zip(comps, refs, strict=True)]
 
     return score
+
+
+def _exact(p: Params, name: str) -> RuleFn:
+    def match(c: str, r: str) -> bool:
+        a, b = extract(c, p.extract), extract(r, p.extract)
+        return (
+            a is not None
+            and b is not None
+            and _norm(a, p.case_sensitive) == _norm(b, p.case_sensitive)
+        )
+
+    return _against_reference(p, name, match)
 
 
 def _numeric(p: Params, name: str) -> RuleFn:
-    def score(
-        prompts: Sequence[str], comps: Sequence[str], cols: Mapping[str, Sequence[Any]]
-    ) -> list[float]:
-        refs = _references(p, cols, len(comps), name)
-        out = []
-        for c, r in zip(comps, refs, strict=True):
-            a = to_number(extract(c, p.extract, numeric=True))
-            b = to_number(extract(r, p.extract, numeric=True))
-            out.append(
-                1.0 if a is not None and b is not None and abs(a - b) <= p.tolerance else 0.0
-            )
-        return out
+    def match(c: str, r: str) -> bool:
+        a = to_number(extract(c, p.extract, numeric=True))
+        b = to_number(extract(r, p.extract, numeric=True))
+        return a is not None and b is not None and abs(a - b) <= p.tolerance
 
-    return score
+    return _against_reference(p, name, match)
 
 
 def _contains_answer(p: Params, name: str) -> RuleFn:
-    def score(
-        prompts: Sequence[str], comps: Sequence[str], cols: Mapping[str, Sequence[Any]]
-    ) -> list[float]:
-        refs = _references(p, cols, len(comps), name)
-        out = []
-        for c, r in zip(comps, refs, strict=True):
-            b = extract(r, p.extract)
-            ok = bool(b and b.strip()) and _norm(b or "", p.case_sensitive) in _norm(
-                c, p.case_sensitive
-            )
-            out.append(1.0 if ok else 0.0)
-        return out
+    def match(c: str, r: str) -> bool:
+        b = extract(r, p.extract)
+        return bool(b and b.strip()) and _norm(b or "", p.case_sensitive) in _norm(
+            c, p.case_sensitive
+        )
 
-    return score
+    return _against_reference(p, name, match)
 
 
 def _regex(p: Params, name: str) -> RuleFn:
@@ -253,30 +255,19 @@ def _regex(p: Params, name: str) -> RuleFn:
         raise RewardError(
             f"{name}: params.pattern is not a valid regular expression: {e}"
         ) from None
-
-    def score(
-        prompts: Sequence[str], comps: Sequence[str], cols: Mapping[str, Sequence[Any]]
-    ) -> list[float]:
-        m = rx.fullmatch if p.full_match else rx.search
-        return [1.0 if m(c.strip() if p.full_match else c) else 0.0 for c in comps]
-
-    return score
+    m = rx.fullmatch if p.full_match else rx.search
+    return _each(lambda c: 1.0 if m(c.strip() if p.full_match else c) else 0.0)
 
 
 def _contains(p: Params, name: str, *, every: bool) -> RuleFn:
     values = [_norm(v, p.case_sensitive) for v in p.values]
 
-    def score(
-        prompts: Sequence[str], comps: Sequence[str], cols: Mapping[str, Sequence[Any]]
-    ) -> list[float]:
-        out = []
-        for c in comps:
-            text = _norm(c, p.case_sensitive)
-            hits = sum(1 for v in values if v in text)
-            out.append(hits / len(values) if every else (1.0 if hits else 0.0))
-        return out
+    def one(c: str) -> float:
+        text = _norm(c, p.case_sensitive)
+        hits = sum(1 for v in values if v in text)
+        return hits / len(values) if every else (1.0 if hits else 0.0)
 
-    return score
+    return _each(one)
 
 
 _FENCE = re.compile(r"```(?:json)?\s*\n(.*?)```", re.DOTALL)
@@ -308,53 +299,31 @@ def _json_valid(p: Params, name: str) -> RuleFn:
                 continue
         return False, None
 
-    def score(
-        prompts: Sequence[str], comps: Sequence[str], cols: Mapping[str, Sequence[Any]]
-    ) -> list[float]:
-        out = []
-        for c in comps:
-            ok, value = parse(c)
-            if ok and validator is not None:
-                ok = validator.is_valid(value)
-            out.append(1.0 if ok else 0.0)
-        return out
+    def one(c: str) -> float:
+        ok, value = parse(c)
+        if ok and validator is not None:
+            ok = validator.is_valid(value)
+        return 1.0 if ok else 0.0
 
-    return score
+    return _each(one)
 
 
 _THINK = re.compile(r"^\s*<think>(.+?)</think>\s*(\S.*)$", re.DOTALL)
 
 
 def _think(p: Params, name: str) -> RuleFn:
-    def score(
-        prompts: Sequence[str], comps: Sequence[str], cols: Mapping[str, Sequence[Any]]
-    ) -> list[float]:
-        return [1.0 if _THINK.match(c) else 0.0 for c in comps]
-
-    return score
+    return _each(lambda c: 1.0 if _THINK.match(c) else 0.0)
 
 
 def _length_target(p: Params, name: str) -> RuleFn:
     assert p.target is not None
     target = p.target
-
-    def score(
-        prompts: Sequence[str], comps: Sequence[str], cols: Mapping[str, Sequence[Any]]
-    ) -> list[float]:
-        return [max(0.0, 1.0 - abs(_length(c, p.unit) - target) / target) for c in comps]
-
-    return score
+    return _each(lambda c: max(0.0, 1.0 - abs(_length(c, p.unit) - target) / target))
 
 
 def _length_penalty(p: Params, name: str) -> RuleFn:
     free = p.target or 200
-
-    def score(
-        prompts: Sequence[str], comps: Sequence[str], cols: Mapping[str, Sequence[Any]]
-    ) -> list[float]:
-        return [-min(1.0, max(0.0, _length(c, p.unit) - free) / free) for c in comps]
-
-    return score
+    return _each(lambda c: -min(1.0, max(0.0, _length(c, p.unit) - free) / free))
 
 
 #: preset name → factory(params, rule name) -> RuleFn (the registry of built-in rules)
