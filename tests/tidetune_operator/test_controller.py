@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiohttp
@@ -411,3 +412,60 @@ async def test_a_failed_pod_is_read_and_its_log_kept_before_the_attempt_is_delet
     deleted = next(i for i, x in enumerate(calls) if x == f"DELETE /apis/kubeflow.org/v1/"
                    f"namespaces/team-a/pytorchjobs/{name}")  # fmt: skip
     assert log_read < deleted
+
+
+@pytest.mark.asyncio
+async def test_a_restarted_operator_ends_an_attempt_whose_pods_never_started(
+    api: tuple[ApiServer, Kube], config: OperatorConfig, tmp_path: Any
+) -> None:
+    """The start clock is in status: an operator that starts afresh (a new Controller) and
+    finds the pods Pending since 20 minutes deletes the attempt at once, re-queues the job
+    with the scheduler's words, takes it off its pool's GPUs and looks again when the
+    backoff ends."""
+    server, kube = api
+    c = controller(config, kube)
+    _add_missing("PoolNotFound", server, c)  # night-a100, 64 GPUs, open around the clock
+    edits = {"spec.output.uri": f"file://{tmp_path}", "spec.scheduling.pool": "night-a100"}
+    body = job_body(**edits)
+    job = make_job(edits=edits)
+    launched = PyTorchJobLauncher().build(job, config, make_pool(), 1, False)
+    launched["metadata"]["resourceVersion"] = "5"
+    launched["status"] = {"conditions": [{"type": "Created", "status": "True"}]}
+    name = launched["metadata"]["name"]
+    since = datetime.now(UTC) - timedelta(minutes=20)
+    body["status"] = {
+        "phase": "Running", "attempt": 1, "podsPendingSince": since.isoformat(),
+        "launcher": {"kind": "PyTorchJob", "name": name, "apiVersion": "kubeflow.org/v1"},
+        "conditions": [{"type": "Validated", "status": "True", "reason": "SpecValid",
+                        "message": "ok", "lastTransitionTime": "2026-11-22T22:00:00Z"}],
+    }  # fmt: skip
+    _JOB.clear()
+    _JOB.update(body)
+    c.observe_job("ADDED", body)
+    c.observe_launched("ADDED", launched, enqueue=False)
+    assert [x.running for x in c._candidates("night-a100")] == [True]
+    server.pods = [
+        {
+            "metadata": {"name": f"{name}-master-0"},
+            "status": {"phase": "Pending", "conditions": [{
+                "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                "message": "0/3 nodes are available: 3 Insufficient nvidia.com/gpu."}]},
+        }
+    ]  # fmt: skip
+    delay = await c.reconcile_job(("team-a", body["metadata"]["name"]))
+    status = server.status_patches[-1]
+    assert status["phase"] == "Queued" and status["startTimeouts"] == 1
+    assert status.get("podsPendingSince") is None  # (merge patch: null removes it)
+    assert _conditions(status)["PodsReady"][:2] == ("False", "StartTimeout")
+    assert "did not start within 15m: Unschedulable" in status["message"]
+    assert "3 Insufficient nvidia.com/gpu" in status["message"]
+    calls = [f"{m} {p}" for m, p in server.calls]
+    assert f"DELETE /apis/kubeflow.org/v1/namespaces/team-a/pytorchjobs/{name}" in calls
+    created = [p for m, p in server.calls if m == "POST" and p.endswith("/pytorchjobs")]
+    assert len(created) == 1  # attempt 2, suspended
+    # the backoff (60 s) bounds the next look, not the resync interval alone
+    assert delay is not None and 55 <= delay <= 61
+    # the pool no longer counts its GPUs as taken
+    meta = {**body["metadata"], "resourceVersion": "9"}
+    c.observe_job("MODIFIED", {**body, "metadata": meta, "status": status})
+    assert [x.running for x in c._candidates("night-a100")] == [False]
