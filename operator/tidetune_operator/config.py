@@ -127,6 +127,14 @@ class OperatorConfig(BaseModel):
         ge=0,
         description="Start timeouts retried before the job fails (StartTimeout).",
     )
+    stall_timeout_seconds: float = Field(
+        1800.0,
+        alias="stallTimeoutSeconds",
+        ge=0,
+        description="A running attempt whose trainer's step has not changed for this long "
+        "(counted from the later of the last step change and its pods' start) is Stalled: it "
+        "is ended and the next attempt resumes from the last checkpoint. 0 turns it off.",
+    )
     workers: int = Field(16, ge=1, le=256, description="Concurrent reconciles.")
     request_timeout_seconds: float = Field(30.0, alias="requestTimeoutSeconds", gt=0)
     watch_timeout_seconds: int = Field(300, alias="watchTimeoutSeconds", gt=0)

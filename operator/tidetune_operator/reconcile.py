@@ -854,6 +854,101 @@ def _start_backoff(b: _Builder) -> bool:
     return False
 
 
+# --------------------------------------------------------------------------- stalls
+
+
+def _note_progress(b: _Builder, name: str, run: RunState) -> None:
+    """Record when the trainer last moved: its step changed, or a new trainer session of this
+    attempt began (``lastProgressTime``, in status, so it survives operator restarts). Once
+    it moves again after a stall, ``Stalled`` turns False. Call before the run state is
+    applied (it compares with the step in status)."""
+    progress = b.status.get("progress") or {}
+    session = f"{name}/{run.session}" if run.session else None
+    moved = progress.get("step") != run.step or (
+        session is not None
+        and (run.pod or "").startswith(f"{name}-")
+        and b.status.get("trainerSession") != session
+    )
+    if not moved:
+        return
+    b.status["lastProgressTime"] = iso(b.now)
+    stalled = get_condition(b.status, C.STALLED)
+    if stalled and stalled.get("status") == "True":
+        b.condition(C.STALLED, False, Reason.PROGRESSING, f"step {run.step}")
+
+
+def _idle_since(b: _Builder) -> datetime | None:
+    """Since when the running attempt has shown no progress: the later of the last step
+    change and the start of the current running stint (a new attempt loads its model and
+    data first; a stint starts when its pods run)."""
+    running = parse_time(b.status.get("runningSince"))
+    if running is None:
+        return None  # its pods do not run: nothing to stall
+    moved = parse_time(b.status.get("lastProgressTime"))
+    return running if moved is None else max(running, moved)
+
+
+def _saved_progress(world: World, name: str) -> bool:
+    """This attempt's trainer wrote a checkpoint past the step it resumed from: the next
+    attempt will not repeat all of its work."""
+    run = world.run
+    if run is None or not (run.pod or "").startswith(f"{name}-"):
+        return False
+    steps = [int(c["step"]) for c in run.checkpoints if isinstance(c.get("step"), int)]
+    return bool(steps) and max(steps) > (run.resumed_from or 0)
+
+
+def _check_stall(b: _Builder, obj: dict[str, Any], state: LauncherState) -> None:
+    """Pods running, the step unchanged for ``stallTimeoutSeconds`` (a hung collective after
+    a peer died, a rendezvous that never completes, a deadlock): ``Stalled=True`` with the
+    time and step, then the attempt is ended and the next one resumes from the last
+    checkpoint. It counts towards maxFailures unless the stalled attempt saved a checkpoint
+    past the one it resumed from (then the next attempt does not just repeat it)."""
+    world, config = b.world, b.config
+    timeout = config.stall_timeout_seconds
+    if (
+        timeout <= 0
+        or b.decision.actions
+        or state.phase is not LauncherPhase.RUNNING
+        or b.phase is not Phase.RUNNING
+        or b.launcher.is_suspended(obj)
+        or _desired_suspend(world) is not None
+        or (world.run is not None and world.run.state == RunStateName.EXPORTING)
+    ):
+        return
+    since = _idle_since(b)
+    if since is None or (b.now - since).total_seconds() <= timeout:
+        return
+    name = obj["metadata"]["name"]
+    step = (b.status.get("progress") or {}).get("step", 0)
+    idle = (b.now - since).total_seconds()
+    text = (
+        f"{name}: no progress for {idle:.0f}s (stallTimeoutSeconds {timeout:g}): "
+        f"step {step} since {iso(since)}"
+    )
+    b.end_stint()
+    b.condition(C.STALLED, True, Reason.STALLED, text)
+    b.condition(C.RUNNING, False, Reason.STALLED, text)
+    counted = not _saved_progress(world, name)
+    if counted:
+        failures = int(b.status.get("failures", 0)) + 1
+        b.status["failures"] = failures
+        if failures > config.max_failures:
+            b.timeline("Stalled", Reason.STALLED, text, warning=True)
+            b.act(ActionKind.DELETE_LAUNCHER, name=name)
+            b.fail(
+                Reason.TOO_MANY_FAILURES,
+                f"the trainer failed {failures} times; last: stalled: {text}",
+            )
+            return
+        retry = f"retry {failures} of {config.max_failures}"
+    else:
+        retry = "it saved a checkpoint, not counted as a failure"
+    b.timeline("Stalled", Reason.STALLED, f"{text}; ending the attempt ({retry})", warning=True)
+    _next_attempt(b, name, "stalled")
+    b.set_phase(Phase.RUNNING, f"stalled ({text}); resuming from {_last_checkpoint(b)}")
+
+
 def _has_run(obj: dict[str, Any]) -> bool:
     """Whether a launched job's pods ever ran (it has a Running condition, true or not)."""
     conditions = (obj.get("status") or {}).get("conditions") or []
@@ -888,11 +983,13 @@ def _with_launcher(b: _Builder, obj: dict[str, Any]) -> None:
     else:
         _alive(b, obj, state)
         if world.run is not None:
+            _note_progress(b, obj["metadata"]["name"], world.run)
             _apply_run_state(b, world.run)
             _trainer_session(b, obj["metadata"]["name"], world.run)
             progress = b.status.get("progress") or {}
             if b.phase is Phase.RUNNING and progress.get("totalSteps"):
                 b.status["message"] = f"step {progress['step']}/{progress['totalSteps']}"
+        _check_stall(b, obj, state)
 
 
 def _finished(b: _Builder, obj: dict[str, Any], state: LauncherState) -> None:

@@ -1167,3 +1167,128 @@ def test_a_forbidden_launch_waits_queued_says_why_once_and_launches_when_allowed
     assert kinds(d3) == [ActionKind.CREATE_CONFIG_MAP, ActionKind.CREATE_LAUNCHER]
     assert running.status is not None and running.status.phase is Phase.RUNNING
     assert next(c for c in running.status.conditions if c.type == "Admitted").status == "True"
+
+
+# --------------------------------------------------------------------------- stalls
+
+
+def _progress(name: str, step: int, session: str = "s1", **kw: Any) -> RunState:
+    return RunState(state="running", step=step, session=session, pod=f"{name}-master-0", **kw)
+
+
+def test_a_trainer_whose_step_stops_is_stalled_then_resumed_from_its_checkpoint(
+    config: OperatorConfig,
+) -> None:
+    """Pods Running, progress.json's step unchanged for stallTimeoutSeconds: Stalled=True
+    (when, which step), the attempt ended and the next one resumes from the checkpoint.
+    It saved a checkpoint past where it started, so it is not counted as a failure. The
+    measure lives in status (lastProgressTime, runningSince): an operator restart keeps it."""
+    assert config.stall_timeout_seconds == 1800
+    job, pj = running_job(config)
+    name = pj["metadata"]["name"]
+    run = _progress(name, 5, checkpoints=[{"step": 4, "uri": "u"}])
+    job, d = step(job, config, launcher=pj, run=run, now=T0 + timedelta(minutes=1))
+    st = job.status
+    assert st is not None and st.last_progress_time == T0 + timedelta(minutes=1)
+    # 29 minutes later, same step: not yet
+    job, d = step(job, config, launcher=pj, run=run, now=T0 + timedelta(minutes=30))
+    assert kinds(d) == [] and job.status is not None and job.status.phase is Phase.RUNNING
+    assert not any(c.type == "Stalled" for c in job.status.conditions)
+    job, d = step(job, config, launcher=pj, run=run, now=T0 + timedelta(minutes=32))
+    assert kinds(d) == [
+        ActionKind.DELETE_LAUNCHER,
+        ActionKind.CREATE_CONFIG_MAP,
+        ActionKind.CREATE_LAUNCHER,
+    ]
+    st = job.status
+    assert st is not None and st.phase is Phase.RUNNING and st.attempt == 2
+    assert (st.failures, st.preemptions) == (0, 0)
+    stalled = next(c for c in st.conditions if c.type == "Stalled")
+    assert (stalled.status, stalled.reason) == ("True", "Stalled")
+    assert "no progress for 1860s" in stalled.message and "step 5" in stalled.message
+    entry = next(e for e in d.events if e["type"] == "Stalled")
+    assert entry["warning"] is True and "not counted as a failure" in entry["message"]
+    assert "resumes from step 4" in d.events[-1]["message"]
+    assert st.running_since is None  # the stalled stint is over, not billed
+    # the next attempt's trainer resumes from step 4: progressing again
+    new = next(a.body for a in d.actions if a.kind is ActionKind.CREATE_LAUNCHER)
+    assert new is not None
+    running = {**new, "status": {"conditions": [{"type": "Running", "status": "True"}]},
+               "spec": {**new["spec"], "runPolicy": {**new["spec"]["runPolicy"],
+                                                     "suspend": False}}}  # fmt: skip
+    later = T0 + timedelta(minutes=34)
+    run2 = _progress(new["metadata"]["name"], 4, session="s2", resumed_from=4)
+    job, d = step(job, config, launcher=running, run=run2, now=later)
+    st = job.status
+    assert st is not None and st.last_progress_time == later
+    stalled = next(c for c in st.conditions if c.type == "Stalled")
+    assert (stalled.status, stalled.reason) == ("False", "Progressing")
+
+
+def test_a_stall_that_saved_nothing_counts_towards_max_failures(config: OperatorConfig) -> None:
+    config = config.model_copy(update={"max_failures": 1})
+    job, pj = running_job(config)
+    for attempt in (1, 2):
+        name = pj["metadata"]["name"]
+        run = _progress(name, 7, session=f"s{attempt}", resumed_from=7,
+                        checkpoints=[{"step": 7, "uri": "u"}])  # fmt: skip
+        start = T0 + timedelta(hours=attempt)
+        job, d = step(job, config, launcher=pj, run=run, now=start)
+        job, d = step(job, config, launcher=pj, run=run, now=start + timedelta(minutes=31))
+        st = job.status
+        assert st is not None
+        if attempt == 1:
+            assert (st.failures, st.attempt, st.phase) == (1, 2, Phase.RUNNING)
+            assert "retry 1 of 1" in next(e for e in d.events if e["type"] == "Stalled")["message"]
+            new = next(a.body for a in d.actions if a.kind is ActionKind.CREATE_LAUNCHER)
+            assert new is not None
+            pj = {**new, "status": {"conditions": [{"type": "Running", "status": "True"}]},
+                  "spec": {**new["spec"], "runPolicy": {**new["spec"]["runPolicy"],
+                                                        "suspend": False}}}  # fmt: skip
+        else:
+            assert st.phase is Phase.FAILED and st.failures == 2
+            failed = next(c for c in st.conditions if c.type == "Failed")
+            assert failed.reason == "TooManyFailures" and "stalled" in failed.message
+            assert kinds(d) == [ActionKind.DELETE_LAUNCHER]
+
+
+def test_the_stall_clock_starts_when_the_attempts_pods_run(config: OperatorConfig) -> None:
+    """A new attempt loads its model first: the last step change of an earlier attempt, long
+    ago, does not make it stalled; its pods' start does. Pods not running: no stall."""
+    job, pj = running_job(config)
+    name = pj["metadata"]["name"]
+    old = T0 - timedelta(hours=5)
+    doc = job.model_dump(mode="json", by_alias=True, exclude_none=True)
+    doc["status"]["lastProgressTime"] = old.isoformat()
+    doc["status"]["progress"] = {"step": 5}
+    job = FineTuneJob.model_validate(doc)
+    stale = RunState(state="running", step=5, session="old", pod="other-1-master-0")
+    job, d = step(job, config, launcher=pj, run=stale, now=T0)
+    assert job.status is not None and job.status.running_since == T0
+    job, d = step(job, config, launcher=pj, run=stale, now=T0 + timedelta(minutes=29))
+    assert kinds(d) == []
+    job, d = step(job, config, launcher=pj, run=stale, now=T0 + timedelta(minutes=31))
+    assert ActionKind.DELETE_LAUNCHER in kinds(d)  # the trainer never wrote: stalled
+    # counted: this attempt's trainer never wrote a checkpoint
+    assert job.status is not None and job.status.failures == 1
+    pending = {**pj, "status": {"conditions": [{"type": "Created", "status": "True"}]}}
+    job2, pj2 = running_job(config)
+    for minutes in (0, 40):
+        job2, d = step(job2, config, launcher=pending, now=T0 + timedelta(minutes=minutes))
+        assert kinds(d) == []
+    del name, pj2
+
+
+@pytest.mark.parametrize("why", ["off", "exporting"])
+def test_no_stall_when_turned_off_or_exporting(config: OperatorConfig, why: str) -> None:
+    if why == "off":
+        config = config.model_copy(update={"stall_timeout_seconds": 0})
+    job, pj = running_job(config)
+    name = pj["metadata"]["name"]
+    run = _progress(name, 5)
+    if why == "exporting":
+        run = RunState(state="exporting", step=5, session="s1", pod=f"{name}-master-0")
+    job, d = step(job, config, launcher=pj, run=run, now=T0)
+    job, d = step(job, config, launcher=pj, run=run, now=T0 + timedelta(hours=3))
+    assert kinds(d) == [] and job.status is not None
+    assert not any(c.type == "Stalled" for c in job.status.conditions)

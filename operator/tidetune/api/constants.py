@@ -63,6 +63,8 @@ class ConditionType(StrEnum):
     SUSPENDED = "Suspended"
     SUCCEEDED = "Succeeded"
     FAILED = "Failed"
+    #: the pods run but the trainer's step has not changed for the operator's stallTimeout
+    STALLED = "Stalled"
 
 
 class Reason(StrEnum):
@@ -95,6 +97,9 @@ class Reason(StrEnum):
     TRAINER_STARTED = "TrainerStarted"
     CHECKPOINT_SAVED = "CheckpointSaved"
     RESTARTING = "Restarting"
+    #: no step for stallTimeoutSeconds while the pods run (Stalled=True); then progress again
+    STALLED = "Stalled"
+    PROGRESSING = "Progressing"
     # suspend and resume
     SUSPENDED_BY_USER = "SuspendedByUser"
     RESUMED_BY_USER = "ResumedByUser"

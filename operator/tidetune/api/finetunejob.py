@@ -1211,6 +1211,13 @@ class FineTuneJobStatus(StatusModel):
     running_since: datetime | None = Field(
         None, description="Start of the current running stint (maxRuntime counts it too)."
     )
+    last_progress_time: datetime | None = Field(
+        None,
+        description=(
+            "When the operator last saw the trainer's step (or its session) change; with the "
+            "current running stint's start, what a stall (stallTimeoutSeconds) is measured from."
+        ),
+    )
     attempt: int = Field(0, ge=0, description="Launch attempts so far (1 after the first launch).")
     pods_pending_since: datetime | None = Field(
         None,
