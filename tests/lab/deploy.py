@@ -58,9 +58,9 @@ LAB_VALUES: dict[str, Any] = {
         "startTimeoutSeconds": 60,
         "startRetryBackoffSeconds": 5,
         "maxStartTimeouts": 1,
-        # a trainer whose step does not move for 90 s is Stalled (tests/e2e/test_failures.py):
-        # long enough for a tiny job's imports, tokenizer and first step on a loaded machine
-        "stallTimeoutSeconds": 90,
+        # a trainer whose step does not move for 120 s is Stalled (tests/e2e/test_failures.py):
+        # twice what a tiny job's imports, tokenizer and first step took at a load of 12
+        "stallTimeoutSeconds": 120,
         # every step takes at least 50 ms, so that jobs can be caught mid-run on a fast machine
         "trainerEnv": {"TIDETUNE_STEP_DELAY_SECONDS": "0.05"},
         "defaultResources": {
