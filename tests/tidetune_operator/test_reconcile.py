@@ -1271,12 +1271,18 @@ def test_the_stall_clock_starts_when_the_attempts_pods_run(config: OperatorConfi
     assert ActionKind.DELETE_LAUNCHER in kinds(d)  # the trainer never wrote: stalled
     # counted: this attempt's trainer never wrote a checkpoint
     assert job.status is not None and job.status.failures == 1
+    # pods Pending for 40 minutes: not a stall (the start timeout's business, off here)
+    no_start_timeout = config.model_copy(update={"start_timeout_seconds": 0})
     pending = {**pj, "status": {"conditions": [{"type": "Created", "status": "True"}]}}
-    job2, pj2 = running_job(config)
+    job2, _ = running_job(no_start_timeout)
     for minutes in (0, 40):
-        job2, d = step(job2, config, launcher=pending, now=T0 + timedelta(minutes=minutes))
+        job2, d = step(
+            job2, no_start_timeout, launcher=pending, now=T0 + timedelta(minutes=minutes)
+        )
         assert kinds(d) == []
-    del name, pj2
+        assert job2.status is not None
+        assert not any(c.type == "Stalled" for c in job2.status.conditions)
+    del name
 
 
 @pytest.mark.parametrize("why", ["off", "exporting"])
