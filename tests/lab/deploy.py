@@ -53,11 +53,6 @@ LAB_VALUES: dict[str, Any] = {
         "resyncIntervalSeconds": 5,
         "defaultOutputUri": "s3://tidetune/artifacts",
         "terminationGraceSeconds": 30,
-        # pods that do not run within a minute end the attempt; one retry after 5 s, then the
-        # job fails (a pod here starts in seconds, a reward runtime's sidecar first included)
-        "startTimeoutSeconds": 60,
-        "startRetryBackoffSeconds": 5,
-        "maxStartTimeouts": 1,
         # a trainer whose step does not move for 120 s is Stalled (tests/e2e/test_failures.py):
         # twice what a tiny job's imports, tokenizer and first step took at a load of 12
         "stallTimeoutSeconds": 120,
