@@ -426,6 +426,37 @@ def trainer_command(job: FineTuneJob, config: OperatorConfig, root: str) -> list
     ]
 
 
+#: the trainer container's name in a PyTorchJob (the training operator's default container)
+TRAINER_CONTAINER = "pytorch"
+
+
+def trainer_pod_basics(config: OperatorConfig) -> dict[str, Any]:
+    """What every trainer pod's spec has, whatever the job: pods never restart in place
+    (restarts are the operator's call), the grace period of the SIGTERM checkpoint, no API
+    token, the restricted security context."""
+    return {
+        "restartPolicy": "Never",
+        "terminationGracePeriodSeconds": config.termination_grace_seconds,
+        "automountServiceAccountToken": False,
+        "securityContext": dict(RESTRICTED_POD_SECURITY),
+    }
+
+
+def trainer_container_basics(config: OperatorConfig) -> dict[str, Any]:
+    """What every trainer container has, whatever the job: the image, the metrics port,
+    the termination message file, the restricted security context with a read-only root."""
+    return {
+        "image": config.trainer_image,
+        "imagePullPolicy": config.image_pull_policy,
+        "ports": [{"name": "metrics", "containerPort": config.trainer_metrics_port}]
+        if config.trainer_metrics_port
+        else [],
+        "terminationMessagePath": layout.TERMINATION_LOG_PATH,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "securityContext": {**RESTRICTED_CONTAINER_SECURITY, "readOnlyRootFilesystem": True},
+    }
+
+
 def pod_template(
     job: FineTuneJob,
     config: OperatorConfig,
@@ -433,7 +464,9 @@ def pod_template(
     root: str,
     attempt: int,
 ) -> dict[str, Any]:
-    """The pod template shared by Master and Workers."""
+    """The trainer pod template, written once for every launcher: a PyTorchJob's Master
+    and Workers use it whole; a TrainJob carries the parts its API has per job and its
+    ClusterTrainingRuntime the rest (:mod:`tidetune_operator.launchers.trainjob`)."""
     env: list[dict[str, Any]] = [
         {"name": "TIDETUNE_JOB_NAME", "value": job.metadata.name},
         {"name": "TIDETUNE_JOB_NAMESPACE", "value": job.metadata.namespace or "default"},
@@ -460,15 +493,11 @@ def pod_template(
     # the install's own (config.trainerEnv; names the operator sets above are refused there)
     env.extend({"name": k, "value": v} for k, v in sorted(config.trainer_env.items()))
     container: dict[str, Any] = {
-        "name": "pytorch",
-        "image": config.trainer_image,
-        "imagePullPolicy": config.image_pull_policy,
+        "name": TRAINER_CONTAINER,
+        **trainer_container_basics(config),
         "command": trainer_command(job, config, root),
         "env": env,
         "resources": container_resources(job, config),
-        "ports": [{"name": "metrics", "containerPort": config.trainer_metrics_port}]
-        if config.trainer_metrics_port
-        else [],
         "volumeMounts": [
             {"name": "spec", "mountPath": SPEC_MOUNT, "readOnly": True},
             {"name": "scratch", "mountPath": "/tmp"},
@@ -476,15 +505,9 @@ def pod_template(
             *claim_mounts,
             *reward_mounts,
         ],
-        "terminationMessagePath": layout.TERMINATION_LOG_PATH,
-        "terminationMessagePolicy": "FallbackToLogsOnError",
-        "securityContext": {**RESTRICTED_CONTAINER_SECURITY, "readOnlyRootFilesystem": True},
     }
     spec: dict[str, Any] = {
-        "restartPolicy": "Never",
-        "terminationGracePeriodSeconds": config.termination_grace_seconds,
-        "automountServiceAccountToken": False,
-        "securityContext": RESTRICTED_POD_SECURITY,
+        **trainer_pod_basics(config),
         "containers": [container],
         "volumes": [
             {"name": "spec", "configMap": {"name": config_map_name(job)}},

@@ -37,6 +37,7 @@ from tidetune_operator import admission, metrics, observe
 from tidetune_operator.builders import ATTEMPT_LABEL, build_event, job_root_uri
 from tidetune_operator.config import OperatorConfig
 from tidetune_operator.kube import (
+    CLUSTERTRAININGRUNTIMES,
     CONFIGMAPS,
     EVENTS,
     FINETUNEJOBS,
@@ -87,6 +88,10 @@ class LaunchRefusedError(Exception):
 #: limitBytes)
 POD_LOG_LINES = 100
 POD_LOG_BYTES = 64 * 1024
+#: the field manager of what the operator server-side applies
+FIELD_MANAGER = "tidetune-operator"
+#: where each kind of cluster object a launcher asks the operator to keep lives
+CLUSTER_OBJECT_RESOURCES = {"ClusterTrainingRuntime": CLUSTERTRAININGRUNTIMES}
 
 #: Events wait in a bounded queue and are posted by a few tasks (see ``_post_events``)
 EVENT_QUEUE_SIZE = 10_000
@@ -123,6 +128,7 @@ class Controller:
         self._events: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=EVENT_QUEUE_SIZE)
         self._posters: list[asyncio.Task[None]] = []
         self._resync: asyncio.Task[None] | None = None
+        self._keeper: asyncio.Task[None] | None = None
 
     @property
     def reconciles(self) -> Counter[str]:
@@ -138,9 +144,37 @@ class Controller:
         self.queue.start()
         self._resync = asyncio.create_task(self._resync_loop())
         self._posters = [asyncio.create_task(self._event_poster()) for _ in range(EVENT_POSTERS)]
+        if self.launcher.cluster_objects(self.config):
+            self._keeper = asyncio.create_task(self._keep_cluster_objects())
+
+    async def _keep_cluster_objects(self, first_delay: float = 1.0) -> None:
+        """Server-side apply the launcher's cluster objects (a TrainJob's
+        ClusterTrainingRuntime), retried with a backoff of up to a minute until the API
+        server takes them; until then launches are refused (the runtime is missing) and
+        retried, and the log says why."""
+        assert self.kube is not None
+        delay = first_delay
+        for body in self.launcher.cluster_objects(self.config):
+            res = CLUSTER_OBJECT_RESOURCES[body["kind"]]
+            while True:
+                try:
+                    await self.kube.apply(res, body, FIELD_MANAGER)
+                    log.info("applied %s %s", body["kind"], body["metadata"]["name"])
+                    break
+                except ApiError as err:
+                    log.error(
+                        "cannot apply %s %s (%s: %s); retrying in %.0f s",
+                        body["kind"],
+                        body["metadata"]["name"],
+                        err.status,
+                        err.message,
+                        delay,
+                    )
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 60.0)
 
     async def stop(self) -> None:
-        tasks = [*self._posters, *([self._resync] if self._resync else [])]
+        tasks = [*self._posters, *(t for t in (self._resync, self._keeper) if t is not None)]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -341,8 +375,7 @@ class Controller:
         if launched is not None and root is not None:
             lstate = self.launcher.observe(launched)
             seen = self._observed.get(key)
-            started = bool((launched.get("status") or {}).get("conditions"))
-            fresh = started and (
+            fresh = self.launcher.has_started(launched) and (
                 seen is None
                 or time.monotonic() - seen.at >= self.config.observe_interval_seconds
                 or lstate.phase in (LauncherPhase.FAILED, LauncherPhase.SUCCEEDED)

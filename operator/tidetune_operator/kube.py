@@ -165,6 +165,9 @@ SECRETS = Resource("", "v1", "secrets")
 CONFIGMAPS = Resource("", "v1", "configmaps")
 EVENTS = Resource("", "v1", "events")
 PODS = Resource("", "v1", "pods")
+CLUSTERTRAININGRUNTIMES = Resource(
+    "trainer.kubeflow.org", "v1alpha1", "clustertrainingruntimes", namespaced=False
+)
 
 
 class Kube:
@@ -281,6 +284,14 @@ class Kube:
         return await self._call(
             "PATCH", res.path(namespace, name, sub), patch, "application/merge-patch+json"
         )
+
+    async def apply(self, res: Resource, body: dict[str, Any], manager: str) -> dict[str, Any]:
+        """Server-side apply ``body`` as field manager ``manager`` (conflicts forced: the
+        object is ``manager``'s to keep)."""
+        meta = body["metadata"]
+        query = urllib.parse.urlencode({"fieldManager": manager, "force": "true"})
+        path = f"{res.path(meta.get('namespace'), meta['name'])}?{query}"
+        return await self._call("PATCH", path, body, "application/apply-patch+yaml")
 
     async def delete(
         self,

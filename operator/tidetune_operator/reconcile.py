@@ -949,10 +949,14 @@ def _check_stall(b: _Builder, obj: dict[str, Any], state: LauncherState) -> None
     b.set_phase(Phase.RUNNING, f"stalled ({text}); resuming from {_last_checkpoint(b)}")
 
 
-def _has_run(obj: dict[str, Any]) -> bool:
-    """Whether a launched job's pods ever ran (it has a Running condition, true or not)."""
+def _has_run(b: _Builder, obj: dict[str, Any]) -> bool:
+    """Whether a launched job's pods ever ran: a PyTorchJob has a Running condition (true
+    or not); a TrainJob's controller keeps no such record, so its trainer having written
+    a session under this launched job's name says it."""
     conditions = (obj.get("status") or {}).get("conditions") or []
-    return any(c.get("type") == "Running" for c in conditions)
+    if any(c.get("type") == "Running" for c in conditions):
+        return True
+    return str(b.status.get("trainerSession") or "").startswith(f"{obj['metadata']['name']}/")
 
 
 def _replace_attempt(b: _Builder, old_name: str) -> int:
@@ -1119,7 +1123,10 @@ def _alive(b: _Builder, obj: dict[str, Any], state: LauncherState) -> None:
             and b.phase is Phase.QUEUED
         ):
             return  # Kueue decides when it runs
-        if job.spec.scheduling.queue_name and _has_run(obj):
+        if job.spec.scheduling.queue_name and (
+            _has_run(b, obj) or condition_true(b.status, C.RUNNING)
+        ):
+            # Kueue suspended what ran (or what the job's own status saw running)
             _preempted_by_kueue(b, name)
             return
         if not world.admission.admitted:
@@ -1139,11 +1146,12 @@ def _alive(b: _Builder, obj: dict[str, Any], state: LauncherState) -> None:
             if was and was.get("reason") == Reason.WINDOW_CLOSING
             else Reason.RESUMED_BY_USER
         )
-        if _has_run(obj):
+        if _has_run(b, obj):
             # A launcher that ran and was suspended is not run again: the training operator
             # may still count the SIGTERMed pod as a failed replica once it is unsuspended
-            # (and fail it for good). The next attempt resumes from the checkpoint instead,
-            # once this one's pods are gone.
+            # (and fail it for good), and a TrainJob's Job would start a new pod while the
+            # SIGTERMed one still writes its checkpoint. The next attempt resumes from the
+            # checkpoint instead, once this one's pods are gone.
             attempt = _replace_attempt(b, name)
             what = f"attempt {attempt} resumes from {_last_checkpoint(b)}"
         else:

@@ -21,6 +21,7 @@ from tidetune.storage import S3Credentials
 from tidetune_operator.builders import job_root_uri
 from tidetune_operator.config import OperatorConfig
 from tidetune_operator.kube import CONFIGMAPS, SECRETS, ApiError, Kube
+from tidetune_operator.launchers import get_launcher
 from tidetune_operator.observe import credentials_from_secret
 
 Problem = tuple[Reason, str]
@@ -143,6 +144,8 @@ async def check_references(
                     f"spec.scheduling.pool: IdlePool {pool_name} does not exist",
                 )
             )
+        elif (why_not := get_launcher(config.launcher).problem(job, pool)) is not None:
+            problems.append((Reason.POOL_INVALID, f"spec.scheduling.pool: {why_not}"))
         elif job.spec.resources.total_gpus > pool.spec.gpus:
             problems.append(
                 (

@@ -18,7 +18,14 @@ from tests.helm.chart import (
     template,
     wildcard_rules,
 )
+from tidetune_operator.config import OperatorConfig
 from tidetune_operator.launchers import LAUNCHERS
+from tidetune_operator.launchers.trainjob import RUNTIME
+
+
+def config() -> OperatorConfig:
+    return OperatorConfig.model_validate({"trainerImage": "trainer:1"})
+
 
 NAMESPACED_RESOURCES = {
     "finetunejobs",
@@ -99,11 +106,28 @@ def test_rules_follow_the_configured_launcher(kind: str) -> None:
     launcher = LAUNCHERS[kind]
     docs = template(extra=["--set", f"config.launcher={kind}"])
     rules = rules_of(one(docs, "ClusterRole"))
-    launched = {r for r in rules if r[0] == launcher.group}
-    assert {r[1] for r in launched} == {launcher.plural}
+    launched = {r for r in rules if r[0] == launcher.group and r[1] == launcher.plural}
     assert {r[2] for r in launched} == {"create", "delete", "get", "list", "patch", "watch"}
     others = {lk.group for lk in LAUNCHERS.values() if lk.group != launcher.group}
     assert not {r for r in rules if r[0] in others}
+    # what else the launcher's group grants: the TrainJob runtime the operator keeps, by name
+    named = [
+        rule
+        for rule in one(docs, "ClusterRole")["rules"]
+        if launcher.group in rule["apiGroups"] and launcher.plural not in rule["resources"]
+    ]
+    if kind == "TrainJob":
+        assert named == [
+            {
+                "apiGroups": ["trainer.kubeflow.org"],
+                "resources": ["clustertrainingruntimes"],
+                "resourceNames": [RUNTIME],
+                "verbs": ["create", "patch"],
+            }
+        ]
+        assert [o["metadata"]["name"] for o in launcher.cluster_objects(config())] == [RUNTIME]
+    else:
+        assert named == [] and launcher.cluster_objects(config()) == []
 
 
 def test_rbac_can_be_left_to_the_platform() -> None:

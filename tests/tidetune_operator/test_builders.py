@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import pytest
@@ -12,6 +13,7 @@ from tidetune.api import FineTuneJob
 from tidetune_operator import builders
 from tidetune_operator.config import OPERATOR_TRAINER_ENV, OperatorConfig
 from tidetune_operator.launchers import LauncherPhase, PyTorchJobLauncher, TrainJobLauncher
+from tidetune_operator.launchers.trainjob import NODE, RUNTIME, pod_patch_of, runtime_manifest
 
 
 def test_pytorchjob_has_master_workers_and_trainer(config: OperatorConfig) -> None:
@@ -199,22 +201,84 @@ def test_launchers_observe_conditions() -> None:
     assert pj.observe(with_conditions("Running", "Failed")).phase is LauncherPhase.FAILED
     assert pj.observe(with_conditions("Running", "Succeeded")).phase is LauncherPhase.SUCCEEDED
     assert pj.suspend_patch(True) == {"spec": {"runPolicy": {"suspend": True}}}
+    assert not pj.has_started({}) and pj.has_started(with_conditions("Created"))
     tj = TrainJobLauncher()
     assert tj.observe(with_conditions("Complete")).phase is LauncherPhase.SUCCEEDED
+    # Trainer writes no condition while a TrainJob runs: its Jobs' status says it started
+    running = {"status": {"jobsStatus": [{"name": "node", "active": 1}]}}
+    assert tj.has_started(running) and not tj.has_started({"status": {}})
+    assert tj.observe(running).phase is LauncherPhase.RUNNING
     assert tj.suspend_patch(False) == {"spec": {"suspend": False}}
 
 
-def test_trainjob_sibling_builds_the_same_trainer(config: OperatorConfig) -> None:
+def _merged_trainjob_pod(tj: dict[str, Any], config: OperatorConfig) -> dict[str, Any]:
+    """The pod Trainer makes of a TrainJob: the runtime's pod, the patch over it, the
+    ``spec.trainer`` fields in the ``node`` container (as Trainer 2.3 merges them)."""
+    runtime = runtime_manifest(config)["spec"]["template"]["spec"]["replicatedJobs"][0]
+    pod = copy.deepcopy(runtime["template"]["spec"]["template"]["spec"])
+    patch = pod_patch_of(tj)
+    for key, value in patch["spec"].items():
+        if key not in ("containers", "initContainers"):
+            pod[key] = value
+    (node,) = pod["containers"]
+    (node_patch,) = patch["spec"]["containers"]
+    node.update({k: v for k, v in node_patch.items() if k != "name"})
+    trainer = tj["spec"]["trainer"]
+    node.update(
+        image=trainer["image"],
+        command=trainer["command"],
+        env=trainer["env"],
+        resources=trainer["resourcesPerNode"],
+    )
+    return {"metadata": patch["metadata"], "spec": pod}
+
+
+def test_a_trainjob_and_its_runtime_carry_the_whole_pod_template(config: OperatorConfig) -> None:
+    """The pod template is written once (builders.pod_template): what the TrainJob patches
+    and its ClusterTrainingRuntime hold together is that template, field for field."""
+    pool = make_pool({"spec.priorityClassName": None})
+    for job in (make_job("sft-full.yaml"), _everything_job()):
+        tj = TrainJobLauncher().build(job, config, pool, attempt=2, suspend=False)
+        root = builders.job_root_uri(job, config)
+        assert root is not None
+        expected = builders.pod_template(job, config, pool, root, 2)
+        expected["spec"]["containers"][0]["name"] = NODE
+        if builders.has_custom_rewards(job):
+            # the sidecar is the reward runtime's (an admin's); the patch sets its
+            # environment, mounts and security context
+            (sidecar,) = expected["spec"].pop("initContainers")
+            assert expected["spec"].pop("shareProcessNamespace") is False
+            assert pod_patch_of(tj)["spec"]["initContainers"] == [
+                {k: sidecar[k] for k in ("name", "env", "volumeMounts", "securityContext")}
+            ]
+            assert tj["spec"]["runtimeRef"]["name"] == TrainJobLauncher.reward_runtime
+        else:
+            assert tj["spec"]["runtimeRef"]["name"] == RUNTIME
+        assert _merged_trainjob_pod(tj, config) == expected
+        assert tj["spec"]["trainer"]["numNodes"] == job.spec.resources.nodes
+        assert tj["spec"]["trainer"]["numProcPerNode"] == job.spec.resources.gpus_per_node
+    # the values of the operator's config reach the runtime, not only the patch
+    runtime = runtime_manifest(config.model_copy(update={"termination_grace_seconds": 777}))
+    pod = runtime["spec"]["template"]["spec"]["replicatedJobs"][0]["template"]["spec"]
+    assert pod["template"]["spec"]["terminationGracePeriodSeconds"] == 777
+    assert pod["backoffLimit"] == 0 and pod["template"]["spec"]["restartPolicy"] == "Never"
+    assert pod["podReplacementPolicy"] == "Failed"
+
+
+def test_a_pool_priority_class_is_refused_not_dropped_by_the_trainjob_launcher(
+    config: OperatorConfig,
+) -> None:
+    """A TrainJob has no place for priorityClassName: the job is not launched with a
+    message saying so (the pool's preemptible class would silently be lost)."""
+    pool = make_pool()
+    assert pool.spec.priority_class_name == "tidetune-preemptible"
     job = make_job("sft-full.yaml")
-    tj = TrainJobLauncher().build(job, config, make_pool(), attempt=1, suspend=False)
-    pj = PyTorchJobLauncher().build(job, config, make_pool(), attempt=1, suspend=False)
-    pj_container = pj["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]
-    assert tj["apiVersion"] == "trainer.kubeflow.org/v1alpha1"
-    assert tj["spec"]["trainer"]["command"] == pj_container["command"]
-    assert tj["spec"]["trainer"]["numNodes"] == 2
-    assert tj["spec"]["trainer"]["numProcPerNode"] == 8
-    override = tj["spec"]["podTemplateOverrides"][0]["spec"]
-    assert override["nodeSelector"] == {"cloud.example.com/pool": "online-a100"}
+    problem = TrainJobLauncher().problem(job, pool)
+    assert problem is not None and "priorityClassName tidetune-preemptible" in problem
+    with pytest.raises(ValueError, match="priorityClassName"):
+        TrainJobLauncher().build(job, config, pool, attempt=1, suspend=False)
+    pj = PyTorchJobLauncher().build(job, config, pool, attempt=1, suspend=False)
+    assert _pod(pj)["priorityClassName"] == "tidetune-preemptible"
 
 
 @pytest.mark.parametrize(
@@ -266,7 +330,7 @@ def test_every_claim_the_spec_names_is_mounted_read_only(config: OperatorConfig)
             pod = obj["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]
             mounts = pod["containers"][0]["volumeMounts"]
         else:
-            pod = obj["spec"]["podTemplateOverrides"][0]["spec"]
+            pod = pod_patch_of(obj)["spec"]
             mounts = pod["containers"][0]["volumeMounts"]
         by_claim = {
             v["persistentVolumeClaim"]["claimName"]: v
@@ -511,19 +575,22 @@ def test_no_sidecar_without_custom_reward_functions(config: OperatorConfig) -> N
 def test_trainjob_custom_rewards_use_the_runtime_with_the_sidecar(config: OperatorConfig) -> None:
     tj = TrainJobLauncher().build(_rl_job([FN]), config, None, 1, False)
     assert tj["spec"]["runtimeRef"]["name"] == TrainJobLauncher.reward_runtime
-    override = tj["spec"]["podTemplateOverrides"][0]["spec"]
+    override = pod_patch_of(tj)["spec"]
     (side,) = override["initContainers"]
     assert side == {
         "name": "reward-runtime",
         "env": builders.reward_runtime_env(),
         "volumeMounts": builders.reward_runtime_mounts(),
+        "securityContext": builders.reward_runtime_container(_rl_job([FN]), config)[
+            "securityContext"
+        ],
     }
     assert {"reward-socket", "reward-home"} <= {v["name"] for v in override["volumes"]}
     env = {e["name"]: e.get("value") for e in tj["spec"]["trainer"]["env"]}
     assert env["TIDETUNE_REWARD_SOCKET"]
     plain = TrainJobLauncher().build(_rl_job([{"preset": "exact-match"}]), config, None, 1, False)
     assert plain["spec"]["runtimeRef"]["name"] == TrainJobLauncher.runtime
-    assert "initContainers" not in plain["spec"]["podTemplateOverrides"][0]["spec"]
+    assert "initContainers" not in pod_patch_of(plain)["spec"]
 
 
 def test_the_installs_trainer_env_stays_out_of_the_reward_runtime(config: OperatorConfig) -> None:

@@ -14,7 +14,7 @@ from tidetune.api.constants import TIMELINE_KEEP_FIRST, TIMELINE_KEEP_LAST
 from tidetune.contract import RunState
 from tidetune_operator.admission import Admission
 from tidetune_operator.config import OperatorConfig
-from tidetune_operator.launchers import PyTorchJobLauncher
+from tidetune_operator.launchers import PyTorchJobLauncher, TrainJobLauncher
 from tidetune_operator.reconcile import (
     WAIT_FOR_REFERENCE,
     ActionKind,
@@ -33,10 +33,13 @@ T0 = datetime(2026, 11, 22, 22, 0, tzinfo=UTC)
 LAUNCHER = PyTorchJobLauncher()
 
 
-def step(job: FineTuneJob, config: OperatorConfig, **world: Any) -> tuple[FineTuneJob, Decision]:
-    """Decide once, and return the job with the decided status."""
+def step(
+    job: FineTuneJob, config: OperatorConfig, launcher_kind: Any = LAUNCHER, **world: Any
+) -> tuple[FineTuneJob, Decision]:
+    """Decide once (as ``launcher_kind``'s operator), and return the job with the decided
+    status."""
     world.setdefault("now", T0)
-    decision = decide(World(job=job, **world), config, LAUNCHER)
+    decision = decide(World(job=job, **world), config, launcher_kind)
     doc = job.model_dump(mode="json", by_alias=True, exclude_none=True)
     doc["status"] = decision.status
     return FineTuneJob.model_validate(doc), decision
@@ -556,6 +559,52 @@ def test_a_launcher_that_ran_is_not_unsuspended_the_next_attempt_resumes(
     assert kinds(d) == [ActionKind.RESUME_LAUNCHER] and d.events == []
 
 
+def test_a_trainjob_whose_trainer_ran_is_replaced_on_resume_not_unsuspended(
+    config: OperatorConfig,
+) -> None:
+    """Trainer keeps no Running condition on a TrainJob, and unsuspending it makes its Job
+    start a new pod while the SIGTERMed one may still write its checkpoint (and the new
+    trainer session read as a lost node). A TrainJob whose trainer wrote a session is
+    replaced on resume, like a PyTorchJob that ran: no preemption."""
+    tj = TrainJobLauncher()
+    job, d = step(make_job(), config, launcher_kind=tj)
+    body = next(a.body for a in d.actions if a.kind is ActionKind.CREATE_LAUNCHER)
+    assert body is not None
+    name = body["metadata"]["name"]
+    running = {**body, "status": {"jobsStatus": [{"name": "node", "active": 1}]}}
+    run = RunState(state="running", step=5, session="s1", pod=f"{name}-node-0-0-abcde")
+    job, _ = step(job, config, launcher=running, run=run, launcher_kind=tj)
+    assert job.status is not None and job.status.trainer_session == f"{name}/s1"
+    suspend = FineTuneJob.model_validate(
+        {
+            **job.model_dump(mode="json", by_alias=True, exclude_none=True),
+            "spec": {**job.spec.to_dict(), "suspend": True},
+        }
+    )
+    job, d = step(suspend, config, launcher=running, launcher_kind=tj)
+    assert kinds(d) == [ActionKind.SUSPEND_LAUNCHER]
+    suspended = {
+        **body,
+        "spec": {**body["spec"], "suspend": True},
+        "status": {"conditions": [{"type": "Suspended", "status": "True"}]},
+    }
+    resume = FineTuneJob.model_validate(
+        {
+            **job.model_dump(mode="json", by_alias=True, exclude_none=True),
+            "spec": {**job.spec.to_dict(), "suspend": False},
+        }
+    )
+    job, d = step(resume, config, launcher=suspended, launcher_kind=tj)
+    assert kinds(d) == [
+        ActionKind.DELETE_LAUNCHER,
+        ActionKind.CREATE_CONFIG_MAP,
+        ActionKind.CREATE_LAUNCHER,
+    ]
+    new = d.actions[2].body
+    assert new is not None and new["spec"]["suspend"] is True
+    assert job.status is not None and (job.status.attempt, job.status.preemptions) == (2, 0)
+
+
 def test_preempted_attempt_resumes_as_a_new_attempt(config: OperatorConfig) -> None:
     job, pj = running_job(config)
     job, _ = step(
@@ -929,6 +978,37 @@ def test_kueue_job_waits_for_kueue(config: OperatorConfig) -> None:
     job, d = step(job, config, launcher=waiting, now=T0 + timedelta(minutes=30))
     assert d.actions == [] and job.status is not None and job.status.phase is Phase.QUEUED
     assert job.status.preemptions == 1
+
+
+def test_kueue_suspending_a_running_trainjob_is_a_preemption_not_a_fight(
+    config: OperatorConfig,
+) -> None:
+    """Trainer records no Running condition on a TrainJob: that it ran is the job's own
+    Running condition, so a TrainJob Kueue suspends is not unsuspended behind its back."""
+    tj_launcher = TrainJobLauncher()
+    job = make_job(edits={"spec.scheduling.queueName": "team-a", "spec.scheduling.pool": None})
+    job, d = step(job, config, launcher_kind=tj_launcher)
+    body = d.actions[1].body
+    assert body is not None and body["kind"] == "TrainJob" and body["spec"]["suspend"] is True
+    admitted = {**body, "spec": {**body["spec"], "suspend": False},
+                "status": {"jobsStatus": [{"name": "node", "active": 1}]}}  # fmt: skip
+    job, d = step(job, config, launcher=admitted, launcher_kind=tj_launcher)
+    assert job.status is not None and job.status.phase is Phase.RUNNING
+    job, d = step(job, config, launcher=admitted, launcher_kind=tj_launcher)
+    evicted = {
+        **admitted,
+        "spec": {**admitted["spec"], "suspend": True},
+        "status": {"conditions": [{"type": "Suspended", "status": "True"}]},
+    }
+    job, d = step(job, config, launcher=evicted, launcher_kind=tj_launcher)
+    assert ActionKind.RESUME_LAUNCHER not in kinds(d)
+    assert kinds(d) == [
+        ActionKind.DELETE_LAUNCHER,
+        ActionKind.CREATE_CONFIG_MAP,
+        ActionKind.CREATE_LAUNCHER,
+    ]
+    assert job.status is not None and job.status.phase is Phase.QUEUED
+    assert d.events[-1]["reason"] == "PreemptedByKueue"
 
 
 def test_deleted_launcher_is_recreated_for_the_same_attempt(config: OperatorConfig) -> None:

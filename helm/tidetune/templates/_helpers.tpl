@@ -126,6 +126,15 @@ used in the lab's end-to-end run (tests/e2e/test_zz_rbac.py).
 - apiGroups: ["apiextensions.k8s.io"]
   resources: ["customresourcedefinitions"]
   verbs: ["list", "watch"]
+{{- if eq .Values.config.launcher "TrainJob" }}
+# The ClusterTrainingRuntime its TrainJobs reference, which the operator keeps: server-side
+# applied at start-up (created the first time) with the operator's grace period and image.
+# That one by name, nothing else.
+- apiGroups: ["trainer.kubeflow.org"]
+  resources: ["clustertrainingruntimes"]
+  resourceNames: ["tidetune"]
+  verbs: ["create", "patch"]
+{{- end }}
 {{- if .Values.namespaces }}
 # With explicit namespaces kopf lists and watches namespaces to notice them come and go.
 - apiGroups: [""]

@@ -54,7 +54,20 @@ class Launcher(Protocol):
         suspend: bool,
     ) -> dict[str, Any]: ...
 
+    def problem(self, job: FineTuneJob, pool: IdlePool | None) -> str | None:
+        """What of the job's pod this kind cannot carry (then it is not launched)."""
+        ...
+
+    def cluster_objects(self, config: OperatorConfig) -> list[dict[str, Any]]:
+        """Cluster-scoped objects the kind's jobs reference, which the operator keeps
+        (server-side applied at start-up)."""
+        ...
+
     def observe(self, obj: dict[str, Any]) -> LauncherState: ...
+
+    def has_started(self, obj: dict[str, Any]) -> bool:
+        """Whether its controller has acted on it (then the trainer may have written)."""
+        ...
 
     def suspend_patch(self, suspend: bool) -> dict[str, Any]: ...
 

@@ -32,6 +32,12 @@ class PyTorchJobLauncher(KubeflowKind):
         ("Running", LauncherPhase.RUNNING),
     )
 
+    def problem(self, job: FineTuneJob, pool: IdlePool | None) -> str | None:
+        return None  # a PyTorchJob carries the whole pod template
+
+    def cluster_objects(self, config: OperatorConfig) -> list[dict[str, Any]]:
+        return []
+
     def build(
         self,
         job: FineTuneJob,
@@ -93,6 +99,9 @@ class PyTorchJobLauncher(KubeflowKind):
 
     def observe(self, obj: dict[str, Any]) -> LauncherState:
         return state_from_conditions(obj, self.CONDITIONS) or LauncherState(LauncherPhase.PENDING)
+
+    def has_started(self, obj: dict[str, Any]) -> bool:
+        return bool((obj.get("status") or {}).get("conditions"))  # Created comes first
 
     def suspend_patch(self, suspend: bool) -> dict[str, Any]:
         return {"spec": {"runPolicy": {"suspend": suspend}}}
