@@ -1,8 +1,11 @@
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
+from aiohttp import web
 
 from tests.tidetune.cases import edit, example
 from tidetune.api import FineTuneJob
@@ -36,3 +39,22 @@ def config() -> OperatorConfig:
             "defaultOutputUri": "s3://runs/",
         }
     )
+
+
+@contextlib.asynccontextmanager
+async def loopback_server(
+    handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+) -> AsyncIterator[str]:
+    """An HTTP server on a free 127.0.0.1 port that sends every request to ``handler``
+    (a stand-in for the API server's answers); yields its URL."""
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()

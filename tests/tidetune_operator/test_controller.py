@@ -21,7 +21,7 @@ import pytest
 import pytest_asyncio
 from aiohttp import web
 
-from tests.tidetune_operator.conftest import make_job, make_pool
+from tests.tidetune_operator.conftest import loopback_server, make_job, make_pool
 from tidetune.api.constants import TIMELINE_KEEP_FIRST, TIMELINE_KEEP_LAST
 from tidetune_operator.config import OperatorConfig
 from tidetune_operator.controller import Controller
@@ -77,19 +77,12 @@ _JOB: dict[str, Any] = {}
 @pytest_asyncio.fixture
 async def api() -> AsyncIterator[tuple[ApiServer, Kube]]:
     server = ApiServer()
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", server.handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    kube = Kube(f"http://127.0.0.1:{port}", aiohttp.ClientSession(), 10)
-    try:
-        yield server, kube
-    finally:
-        await kube.close()
-        await runner.cleanup()
+    async with loopback_server(server.handle) as url:
+        kube = Kube(url, aiohttp.ClientSession(), 10)
+        try:
+            yield server, kube
+        finally:
+            await kube.close()
 
 
 def job_body(**edits: Any) -> dict[str, Any]:

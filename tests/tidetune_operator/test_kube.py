@@ -18,6 +18,7 @@ import pytest
 import pytest_asyncio
 from aiohttp import web
 
+from tests.tidetune_operator.conftest import loopback_server
 from tidetune_operator.kube import (
     CONFIGMAPS,
     ApiError,
@@ -53,17 +54,8 @@ class ApiServer:
 @pytest_asyncio.fixture
 async def server() -> AsyncIterator[tuple[ApiServer, str]]:
     api = ApiServer()
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", api.handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        yield api, f"http://127.0.0.1:{port}"
-    finally:
-        await runner.cleanup()
+    async with loopback_server(api.handle) as url:
+        yield api, url
 
 
 def rotate(path: Path, token: str) -> None:

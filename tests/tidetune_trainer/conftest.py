@@ -13,6 +13,7 @@ import os
 import random
 import subprocess
 import sys
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,12 @@ WORDS = [
 ]
 
 
+#: what every line of a run's metrics.jsonl holds (evalLoss and the RL metrics only some)
+METRICS_LINE_KEYS = frozenset(
+    {"step", "epoch", "loss", "learningRate", "gradNorm", "tokens", "tokensPerSecond", "time"}
+)
+
+
 def trainer_env(**extra: str) -> dict[str, str]:
     """The environment for trainer subprocesses (this checkout on PYTHONPATH, offline)."""
     env = dict(os.environ)
@@ -59,62 +66,56 @@ def trainer_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def write_chat(path: Path, n: int = 48, seed: int = 0) -> Path:
-    r = random.Random(seed)
+def _phrase(r: random.Random, shortest: int, longest: int, words: list[str] = WORDS) -> str:
+    return " ".join(r.choice(words) for _ in range(r.randint(shortest, longest)))
+
+
+def _write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> Path:
     with open(path, "w", encoding="utf-8") as f:
-        for _ in range(n):
-            q = " ".join(r.choice(WORDS) for _ in range(r.randint(3, 8)))
-            a = " ".join(r.choice(WORDS) for _ in range(r.randint(4, 20)))
-            f.write(
-                json.dumps(
-                    {
-                        "messages": [
-                            {"role": "user", "content": q},
-                            {"role": "assistant", "content": a},
-                        ]
-                    }
-                )
-                + "\n"
-            )
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
     return path
+
+
+def write_chat(path: Path, n: int = 48, seed: int = 0) -> Path:
+    """``n`` user/assistant exchanges of random WORDS."""
+
+    def rows(r: random.Random) -> Iterator[dict[str, Any]]:
+        for _ in range(n):
+            q, a = _phrase(r, 3, 8), _phrase(r, 4, 20)
+            yield {
+                "messages": [
+                    {"role": "user", "content": q},
+                    {"role": "assistant", "content": a},
+                ]
+            }
+
+    return _write_jsonl(path, rows(random.Random(seed)))
 
 
 def write_text(path: Path, n: int = 40, seed: int = 0) -> Path:
+    """``n`` texts of random WORDS."""
     r = random.Random(seed)
-    with open(path, "w", encoding="utf-8") as f:
-        for _ in range(n):
-            f.write(
-                json.dumps({"text": " ".join(r.choice(WORDS) for _ in range(r.randint(8, 40)))})
-                + "\n"
-            )
-    return path
+    return _write_jsonl(path, ({"text": _phrase(r, 8, 40)} for _ in range(n)))
 
 
 def write_preference(path: Path, n: int = 32, seed: int = 0) -> Path:
-    r = random.Random(seed)
-    with open(path, "w", encoding="utf-8") as f:
+    """``n`` questions, each with a good answer (the first 8 WORDS, score 1) and a bad one
+    (the others, score 0)."""
+
+    def rows(r: random.Random) -> Iterator[dict[str, Any]]:
         for _ in range(n):
-            q = " ".join(r.choice(WORDS) for _ in range(r.randint(3, 8)))
-            good = " ".join(r.choice(WORDS[:8]) for _ in range(r.randint(3, 10)))
-            bad = " ".join(r.choice(WORDS[8:]) for _ in range(r.randint(3, 10)))
-            f.write(
-                json.dumps(
-                    {
-                        "messages": [
-                            {"role": "user", "content": q},
-                            {
-                                "role": "assistant",
-                                "content": [
-                                    {"text": good, "score": 1.0},
-                                    {"text": bad, "score": 0.0},
-                                ],
-                            },
-                        ]
-                    }
-                )
-                + "\n"
-            )
-    return path
+            q = _phrase(r, 3, 8)
+            good, bad = _phrase(r, 3, 10, WORDS[:8]), _phrase(r, 3, 10, WORDS[8:])
+            candidates = [{"text": good, "score": 1.0}, {"text": bad, "score": 0.0}]
+            yield {
+                "messages": [
+                    {"role": "user", "content": q},
+                    {"role": "assistant", "content": candidates},
+                ]
+            }
+
+    return _write_jsonl(path, rows(random.Random(seed)))
 
 
 BASE_JOB: dict[str, Any] = {
@@ -211,6 +212,34 @@ def losses(run: Path) -> list[float]:
 
 def explain(proc: subprocess.CompletedProcess[str]) -> str:
     return f"rc={proc.returncode}\n--- stderr tail ---\n{proc.stderr[-4000:]}"
+
+
+def tiny_llama(vocab_size: int, seed: int = 0) -> Any:
+    """A random tiny Llama (:func:`realvocab.tiny_config`, untied embeddings) for tests that
+    need no tokenizer, built after ``torch.manual_seed(seed)``."""
+    import torch
+    from transformers import LlamaForCausalLM
+
+    from .realvocab import tiny_config
+
+    config = tiny_config("llama", vocab_size, tie_word_embeddings=False, use_cache=False)
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(config)
+
+
+def train_on_random_tokens(
+    engine: Any, steps: int, *, vocab_size: int, shape: tuple[int, int], seed: int
+) -> None:
+    """``steps`` optimizer steps of the model's own next-token loss on random token ids
+    (``shape``: batch × length), one micro-batch each."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        ids = torch.randint(0, vocab_size, shape, generator=g)
+        loss = engine.model(input_ids=ids, labels=ids).loss
+        engine.backward(loss, last_micro_step=True)
+        engine.step()
 
 
 @pytest.fixture(scope="session")

@@ -15,38 +15,18 @@ from tidetune_trainer.artifacts import ArtifactWriter, read_manifest
 from tidetune_trainer.config import TrainConfig
 from tidetune_trainer.engine import Engine, seed_everything
 
+from .conftest import tiny_llama, train_on_random_tokens
+
 pytestmark = pytest.mark.trainer
 
 
-def _tiny() -> Any:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    return LlamaForCausalLM(
-        LlamaConfig(
-            vocab_size=96,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            use_cache=False,
-        )
-    )
-
-
 def _train(cfg: TrainConfig, base_dir: Path) -> Engine:
-    model = _tiny()
+    model = tiny_llama(96)
     model.save_pretrained(base_dir)  # the "base model" a user would point at
     acc = Engine.make_accelerator(cfg)
     seed_everything(1)
     engine = Engine.create(cfg, acc, model, total_steps=4)
-    g = torch.Generator().manual_seed(2)
-    for _ in range(4):
-        ids = torch.randint(0, 96, (2, 12), generator=g)
-        loss = engine.model(input_ids=ids, labels=ids).loss
-        engine.backward(loss, last_micro_step=True)
-        engine.step()
+    train_on_random_tokens(engine, 4, vocab_size=96, shape=(2, 12), seed=2)
     engine.train_mode(False)
     return engine
 

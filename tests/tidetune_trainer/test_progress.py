@@ -12,6 +12,8 @@ import pytest
 from tidetune.storage import open_store
 from tidetune_trainer.progress import ProgressReporter
 
+from .conftest import METRICS_LINE_KEYS
+
 pytestmark = pytest.mark.trainer
 
 
@@ -52,16 +54,7 @@ def test_metrics_progress_and_prometheus(tmp_path: Path, monkeypatch: pytest.Mon
         ]
         assert [m["step"] for m in lines] == [1, 2, 3, 4]
         assert lines[-1]["evalLoss"] == 2.5 and lines[-1]["epoch"] == 0.8
-        assert set(lines[0]) >= {
-            "step",
-            "epoch",
-            "loss",
-            "learningRate",
-            "gradNorm",
-            "tokens",
-            "tokensPerSecond",
-            "time",
-        }
+        assert set(lines[0]) >= METRICS_LINE_KEYS
         p = json.loads((tmp_path / "run" / "progress.json").read_text())
         assert p["step"] == 4 and p["totalSteps"] == 10 and p["percent"] == 40.0
         assert p["trainedTokens"] == 400 and p["metrics"]["evalLoss"] == 2.5

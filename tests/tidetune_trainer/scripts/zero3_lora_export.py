@@ -13,8 +13,7 @@ import torch
 
 
 def main(out: str) -> None:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
+    from tests.tidetune_trainer.conftest import tiny_llama, train_on_random_tokens
     from tidetune_trainer.config import TrainConfig
     from tidetune_trainer.engine import Engine, seed_everything
 
@@ -33,24 +32,9 @@ def main(out: str) -> None:
     )
     acc = Engine.make_accelerator(cfg)
     seed_everything(0)
-    model = LlamaForCausalLM(
-        LlamaConfig(
-            vocab_size=128,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            use_cache=False,
-        )
-    )
+    model = tiny_llama(128)
     engine = Engine.create(cfg, acc, model, total_steps=3)
-    g = torch.Generator().manual_seed(engine.rank)
-    for _ in range(3):
-        ids = torch.randint(0, 128, (2, 16), generator=g)
-        loss = engine.model(input_ids=ids, labels=ids).loss
-        engine.backward(loss, last_micro_step=True)
-        engine.step()
+    train_on_random_tokens(engine, 3, vocab_size=128, shape=(2, 16), seed=engine.rank)
     unwrapped = engine.unwrapped()
     lora = [(n, p) for n, p in unwrapped.named_parameters() if "lora_" in n]
     # the trap: under ZeRO-3 a rank's parameter tensor is an empty placeholder
