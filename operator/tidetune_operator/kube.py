@@ -168,6 +168,10 @@ PODS = Resource("", "v1", "pods")
 CLUSTERTRAININGRUNTIMES = Resource(
     "trainer.kubeflow.org", "v1alpha1", "clustertrainingruntimes", namespaced=False
 )
+#: Kueue's WorkloadPriorityClasses (cluster-scoped; kueue.x-k8s.io/v1beta2: Kueue 0.15 or newer)
+WORKLOAD_PRIORITY_CLASSES = Resource(
+    "kueue.x-k8s.io", "v1beta2", "workloadpriorityclasses", namespaced=False
+)
 
 
 class Kube:

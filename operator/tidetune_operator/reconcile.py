@@ -93,6 +93,7 @@ WAIT_FOR_REFERENCE: frozenset[Reason] = frozenset(
         Reason.SECRET_KEY_MISSING,
         Reason.CONFIG_MAP_NOT_FOUND,
         Reason.POOL_NOT_FOUND,
+        Reason.WORKLOAD_PRIORITY_CLASS_NOT_FOUND,
     }
 )
 

@@ -1,6 +1,7 @@
 """The reference checks: what a FineTuneJob's spec refers to must exist before anything
 is launched — its storage Secret (with the keys the trainer reads), its reward
-ConfigMaps, its IdlePool (valid and big enough) and an output location.
+ConfigMaps, its IdlePool (valid and big enough), its Kueue WorkloadPriorityClass and an
+output location.
 
 Only the job's own namespace is read (a job cannot name another namespace's Secret).
 Each problem is a ``(reason, message)`` whose message says what to fix; an API error
@@ -20,7 +21,7 @@ from tidetune.api.idlepool import IdlePool
 from tidetune.storage import S3Credentials
 from tidetune_operator.builders import job_root_uri
 from tidetune_operator.config import OperatorConfig
-from tidetune_operator.kube import CONFIGMAPS, SECRETS, ApiError, Kube
+from tidetune_operator.kube import CONFIGMAPS, SECRETS, WORKLOAD_PRIORITY_CLASSES, ApiError, Kube
 from tidetune_operator.launchers import get_launcher
 from tidetune_operator.observe import credentials_from_secret
 
@@ -153,6 +154,23 @@ async def check_references(
                     f"spec.resources: the job needs {job.spec.resources.total_gpus} GPUs "
                     f"({job.spec.resources.nodes} × {job.spec.resources.gpus_per_node}) "
                     f"but pool {pool_name} has {pool.spec.gpus}",
+                )
+            )
+    priority_class = job.spec.scheduling.workload_priority_class
+    if priority_class:
+        try:
+            await kube.get(WORKLOAD_PRIORITY_CLASSES, priority_class)
+        except ApiError as err:
+            if not err.not_found:
+                raise
+            # Kueue would create no Workload for the launched job (an error in its own log,
+            # nothing on the job): the job would wait for Kueue with no word why
+            problems.append(
+                (
+                    Reason.WORKLOAD_PRIORITY_CLASS_NOT_FOUND,
+                    f"spec.scheduling.workloadPriorityClass: Kueue WorkloadPriorityClass "
+                    f"{priority_class} does not exist (kubectl get workloadpriorityclasses); "
+                    "Kueue would not queue the job without it",
                 )
             )
     return problems, secret_data

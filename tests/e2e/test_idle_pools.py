@@ -390,10 +390,25 @@ def test_a_job_kueue_evicts_waits_in_queued_and_resumes_when_readmitted(
     assert "NodeReclaimed" not in reasons  # the eviction was counted once, as Kueue's
 
 
+PRIORITY_CLASSES = {"batch-low": 100, "prod-high": 1000}
+
+
+def kueue_priority_classes() -> list[dict[str, Any]]:
+    return [
+        {
+            "apiVersion": "kueue.x-k8s.io/v1beta2",
+            "kind": "WorkloadPriorityClass",
+            "metadata": {"name": name},
+            "value": value,
+        }
+        for name, value in PRIORITY_CLASSES.items()
+    ]
+
+
 def kueue_cohort(ns: str) -> list[dict[str, Any]]:
     """Two ClusterQueues in one cohort: ``prod-cq`` owns the cohort's one CPU and takes it
     back from lower-priority Workloads (``reclaimWithinCohort: LowerPriority``); ``batch-cq``
-    owns none and borrows it while prod is idle. Two WorkloadPriorityClasses."""
+    owns none and borrows it while prod is idle."""
     flavor = "lab-cpu"
 
     def cluster_queue(name: str, cpus: int) -> dict[str, Any]:
@@ -433,19 +448,9 @@ def kueue_cohort(ns: str) -> list[dict[str, Any]]:
             "spec": {"clusterQueue": cq},
         }
 
-    def priority_class(name: str, value: int) -> dict[str, Any]:
-        return {
-            "apiVersion": "kueue.x-k8s.io/v1beta2",
-            "kind": "WorkloadPriorityClass",
-            "metadata": {"name": name},
-            "value": value,
-        }
-
     return [
         {"apiVersion": "kueue.x-k8s.io/v1beta2", "kind": "ResourceFlavor",
          "metadata": {"name": flavor}},
-        priority_class("batch-low", 100),
-        priority_class("prod-high", 1000),
         cluster_queue("prod-cq", 1),  # one tiny job (1 CPU) at a time
         cluster_queue("batch-cq", 0),
         local_queue("prod", "prod-cq"),
@@ -460,9 +465,11 @@ def test_kueue_preempts_a_lower_priority_job_which_resumes_from_its_checkpoint(
     high-priority job arrives in prod and Kueue evicts the low one to reclaim it. The low
     one checkpoints on SIGTERM, shows Queued (PreemptedByKueue) while the high one runs and
     succeeds, then Kueue readmits it and it resumes from that checkpoint and succeeds with
-    one preemption."""
+    one preemption. The low one is applied before the WorkloadPriorityClasses exist (Kueue
+    would make no Workload for it): it waits in Pending, saying which, until they do."""
     ns = "kueue-prio"
     stack.namespace(ns)
+    stack.kubectl("delete", "workloadpriorityclasses", *PRIORITY_CLASSES, "--ignore-not-found")
     stack.lab.apply_documents(kueue_cohort(ns))
     stack.apply(
         tiny_job(
@@ -470,6 +477,16 @@ def test_kueue_preempts_a_lower_priority_job_which_resumes_from_its_checkpoint(
             scheduling={"queueName": "batch", "workloadPriorityClass": "batch-low"},
         )
     )  # fmt: skip
+
+    def waiting() -> dict[str, Any] | None:
+        st = stack.status(ns, "low")
+        validated = next((c for c in st.get("conditions") or [] if c["type"] == "Validated"), {})
+        return st if validated.get("reason") == "WorkloadPriorityClassNotFound" else None
+
+    st = wait_for(waiting, 60, "the job to wait for its WorkloadPriorityClass")
+    assert st["phase"] == "Pending" and "batch-low does not exist" in st["message"], st
+    assert stack.pytorchjobs(ns, "low") == []
+    stack.lab.apply_documents(kueue_priority_classes())
     first = wait_for(lambda: (stack.pytorchjobs(ns, "low") or [None])[0], 30, "the PyTorchJob")
     assert first["metadata"]["labels"]["kueue.x-k8s.io/priority-class"] == "batch-low"
 

@@ -34,6 +34,11 @@ Rule = tuple[str, str, str]  # (apiGroup, resource[/subresource], verb)
 #: Rules the operator needs that the end-to-end run may not exercise, each with the
 #: code path that needs it. They are granted; they need not show up in the recording.
 NEEDED_BUT_NOT_EXERCISED: dict[Rule, str] = {
+    ("kueue.x-k8s.io", "workloadpriorityclasses", "get"): (
+        "references.check_references reads the WorkloadPriorityClass a job names "
+        "(spec.scheduling.workloadPriorityClass; exercised by test_idle_pools' Kueue priority "
+        "test, not by every e2e selection)"
+    ),
     ("kubeflow.org", "pytorchjobs", "get"): (
         "Kube.create_or_get: after a restart the operator may re-create a launched job that "
         "exists (409) and reads it back; the lab's restarted operator finds it in kopf's cache"

@@ -151,3 +151,16 @@ def test_owned_objects_may_block_their_owners_deletion(
     assert not {
         r for r in rules_of(one(namespaced_docs, "ClusterRole")) if r[1].startswith("finetunejobs")
     }
+
+
+def test_kueue_workload_priority_classes_are_read_only_and_cluster_wide(
+    cluster_docs: list[dict[str, Any]], namespaced_docs: list[dict[str, Any]]
+) -> None:
+    """A job's spec.scheduling.workloadPriorityClass is checked before launch (Kueue makes no
+    Workload for a class that does not exist): get on the cluster-scoped kind, in the
+    ClusterRole in both modes, and nothing else of Kueue's."""
+    for docs in (cluster_docs, namespaced_docs):
+        kueue = {r for r in rules_of(one(docs, "ClusterRole")) if r[0] == "kueue.x-k8s.io"}
+        assert kueue == {("kueue.x-k8s.io", "workloadpriorityclasses", "get")}
+    for role in by_kind(namespaced_docs, "Role"):
+        assert not {r for r in rules_of(role) if r[0] == "kueue.x-k8s.io"}

@@ -37,6 +37,8 @@ class ApiServer:
         #: Secrets (decoded data) and ConfigMaps (data) the server has, by name
         self.secrets: dict[str, dict[str, str]] = {"s3-creds": dict(_CREDS)}
         self.configmaps: dict[str, dict[str, str]] = {}
+        #: Kueue WorkloadPriorityClasses (cluster-scoped) by name
+        self.priority_classes: set[str] = set()
         #: pods (listed by label) and their containers' logs by pod name
         self.pods: list[dict[str, Any]] = []
         self.logs: dict[str, str] = {}
@@ -51,6 +53,12 @@ class ApiServer:
             return web.json_response({"kind": "Secret", "data": data})
         if method == "GET" and "/configmaps/" in path and name in self.configmaps:
             return web.json_response({"kind": "ConfigMap", "data": self.configmaps[name]})
+        if (
+            method == "GET"
+            and "/workloadpriorityclasses/" in path
+            and name in self.priority_classes
+        ):
+            return web.json_response({"kind": "WorkloadPriorityClass", "value": 1000})
         if method == "GET" and path.endswith("/pods"):
             return web.json_response({"kind": "PodList", "items": self.pods})
         if method == "GET" and path.endswith("/log") and path.split("/")[-2] in self.logs:
@@ -184,6 +192,8 @@ def _add_missing(what: str, server: ApiServer, c: Controller) -> None:
         server.secrets["s3-creds"] = dict(_CREDS)
     elif what == "ConfigMapNotFound":
         server.configmaps["math-rewards"] = {"reward.py": "def score(**kw): return [0.0]"}
+    elif what == "WorkloadPriorityClassNotFound":
+        server.priority_classes.add("prod-high")
     else:
         pool = make_pool(edits={"spec.windows": [{"days": ["Mon", "Tue", "Wed", "Thu", "Fri",
                                                            "Sat", "Sun"],
@@ -206,6 +216,11 @@ def _add_missing(what: str, server: ApiServer, c: Controller) -> None:
             "ConfigMap math-rewards not found",
         ),
         ("PoolNotFound", "spec.scheduling.pool", "IdlePool night-a100 does not exist"),
+        (
+            "WorkloadPriorityClassNotFound",
+            "spec.scheduling.workloadPriorityClass",
+            "Kueue WorkloadPriorityClass prod-high does not exist",
+        ),
     ],
 )
 async def test_a_job_applied_before_what_it_names_waits_then_proceeds(
@@ -224,6 +239,9 @@ async def test_a_job_applied_before_what_it_names_waits_then_proceeds(
     elif missing == "PoolNotFound":
         body = job_body(**{"metadata.name": "waits", "spec.scheduling.pool": "night-a100",
                            "spec.resources": {"nodes": 1, "gpusPerNode": 8}})  # fmt: skip
+    elif missing == "WorkloadPriorityClassNotFound":
+        body = job_body(**{"metadata.name": "waits", "spec.scheduling.queueName": "team-queue",
+                           "spec.scheduling.workloadPriorityClass": "prod-high"})  # fmt: skip
     else:
         body = job_body(**{"metadata.name": "waits"})
     if missing == "SecretNotFound":

@@ -313,6 +313,7 @@ def test_wait_for_reference_is_exactly_the_not_there_yet_reasons() -> None:
         Reason.SECRET_KEY_MISSING,
         Reason.CONFIG_MAP_NOT_FOUND,
         Reason.POOL_NOT_FOUND,
+        Reason.WORKLOAD_PRIORITY_CLASS_NOT_FOUND,
     } == WAIT_FOR_REFERENCE
 
 

@@ -122,6 +122,10 @@ used in the lab's end-to-end run (tests/e2e/test_zz_rbac.py).
 - apiGroups: ["tidetune.io"]
   resources: ["idlepools/status"]
   verbs: ["patch"]
+# A job's Kueue WorkloadPriorityClass (cluster-scoped) must exist before it is launched.
+- apiGroups: ["kueue.x-k8s.io"]
+  resources: ["workloadpriorityclasses"]
+  verbs: ["get"]
 # kopf watches CRDs to notice served resources appear and disappear.
 - apiGroups: ["apiextensions.k8s.io"]
   resources: ["customresourcedefinitions"]

@@ -82,6 +82,7 @@ class Reason(StrEnum):
     SECRET_KEY_MISSING = "SecretKeyMissing"
     CONFIG_MAP_NOT_FOUND = "ConfigMapNotFound"
     POOL_NOT_FOUND = "PoolNotFound"
+    WORKLOAD_PRIORITY_CLASS_NOT_FOUND = "WorkloadPriorityClassNotFound"
     POOL_INVALID = "PoolInvalid"
     POOL_TOO_SMALL = "PoolTooSmall"
     ESTIMATED = "Estimated"
