@@ -1052,8 +1052,10 @@ def _finished(b: _Builder, obj: dict[str, Any], state: LauncherState) -> None:
                 )
                 return
             b.status["preemptions"] = int(b.status.get("preemptions", 0)) + 1
+            code = world.run.exit_code if world.run else None
             what = (
-                exitcodes.describe(world.run.exit_code if world.run else None)
+                # the trainer said "preempted" (its state) before it could write its code
+                exitcodes.describe(exitcodes.PREEMPTED if code is None else code)
                 if outcome is exitcodes.Outcome.PREEMPTED
                 else "the trainer was killed (node reclaimed?)"
             )

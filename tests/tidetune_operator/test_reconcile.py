@@ -640,6 +640,23 @@ def test_preempted_attempt_resumes_as_a_new_attempt(config: OperatorConfig) -> N
     assert "resumes from step 57" in d.events[-1]["message"]
 
 
+def test_a_preemption_the_trainer_stated_but_did_not_code_is_not_called_a_crash(
+    config: OperatorConfig,
+) -> None:
+    """Found through a TrainJob on a reclaimed node: the trainer wrote state "preempted"
+    and its checkpoint, the launcher failed before its exit code was read; the timeline
+    said "trainer crashed (exit code None)"."""
+    job, pj = running_job(config)
+    job, _ = step(job, config, launcher=pj, run=RunState(state="running", step=9))
+    failed = {**pj, "status": {"conditions": [{"type": "Failed", "status": "True"}]}}
+    run = RunState(state="preempted", step=12, checkpoints=[{"step": 12, "uri": "u"}])
+    job, d = step(job, config, launcher=failed, run=run)
+    (preempted,) = [e for e in d.events if e["type"] == "Preempted"]
+    assert "preempted: checkpointed and stopped" in preempted["message"], preempted
+    assert "crashed" not in preempted["message"]
+    assert job.status is not None and job.status.preemptions == 1
+
+
 def test_a_pod_replaced_in_place_counts_one_preemption(config: OperatorConfig) -> None:
     """A node lost: the Kubeflow controller recreates the pod under the same PyTorchJob (no
     Failed condition); the new trainer session of that job's pod is one preemption."""
