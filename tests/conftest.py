@@ -35,8 +35,8 @@ def apiserver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiServer]:
 @pytest.fixture(scope="session")
 def cluster_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     """The session's lab (:mod:`tests.lab.cluster`): a real cluster on this machine, its node
-    agent, the Kubeflow training operator, Kueue and S3 — started once, shared by the e2e and
-    observability tiers.
+    agent, the Kubeflow training operator, Kueue, S3 and Trainer's CRDs — started once, shared
+    by the e2e and observability tiers.
 
     ``TIDETUNE_LAB_DIR=DIR`` uses the lab that ``python -m tests.lab --dir DIR`` keeps up
     instead (quicker while working on a test; CI starts its own)."""
@@ -47,7 +47,9 @@ def cluster_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     if os.environ.get("TIDETUNE_LAB_DIR"):
         yield Lab.attach(os.environ["TIDETUNE_LAB_DIR"])
         return
-    lab = Lab(tmp_path_factory.mktemp("cluster")).start()
+    # Trainer's CRDs: Kueue's TrainJob integration starts with Kueue; tests/e2e/test_trainjob.py
+    # starts Trainer and JobSet themselves (lab.start_trainer)
+    lab = Lab(tmp_path_factory.mktemp("cluster"), trainer="crds").start()
     try:
         yield lab
     finally:

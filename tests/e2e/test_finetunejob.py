@@ -21,10 +21,13 @@ from tests.lab.deploy import OPERATOR_NAMESPACE, Stack, sha256_of_artifact, tiny
 pytestmark = [pytest.mark.e2e]
 
 
-def test_job_trains_from_s3_and_tells_the_whole_story(stack: Stack, train_uri: str) -> None:
-    stack.namespace("e2e-ok")
-    stack.apply(tiny_job("story", "e2e-ok", train_uri, steps=8, every=4))
-    st = stack.wait_phase("e2e-ok", "story", "Succeeded", "Failed")
+def test_job_trains_from_s3_and_tells_the_whole_story(
+    stack: Stack, train_uri: str, ns: str = "e2e-ok"
+) -> None:
+    """(Also run through the TrainJob launcher by tests/e2e/test_trainjob.py, with ``ns``.)"""
+    stack.namespace(ns)
+    stack.apply(tiny_job("story", ns, train_uri, steps=8, every=4))
+    st = stack.wait_phase(ns, "story", "Succeeded", "Failed")
     assert st["phase"] == "Succeeded", st.get("message")
     conditions = {c["type"]: c for c in st["conditions"]}
     assert conditions["Validated"]["status"] == "True"
@@ -40,7 +43,7 @@ def test_job_trains_from_s3_and_tells_the_whole_story(stack: Stack, train_uri: s
     assert st["metrics"]["trainLoss"] > 0 and st["metrics"]["tokensPerSecond"] > 0
     assert st["estimate"]["trainTokens"] > 0 and st["estimate"]["currency"] == "USD"
     assert [c["step"] for c in st["checkpoints"]] == [4]  # the end is exported, not checkpointed
-    assert st["launcher"]["kind"] == "PyTorchJob"
+    assert st["launcher"]["kind"] == stack.launcher
     assert st["startTime"] and st["completionTime"]
     types = [e["type"] for e in st["timeline"]]
     for expected in ("Validated", "Launched", "Started", "Checkpoint", "Exported", "Succeeded"):
@@ -52,11 +55,11 @@ def test_job_trains_from_s3_and_tells_the_whole_story(stack: Stack, train_uri: s
         assert artifact["sizeBytes"] > 0
         assert sha256_of_artifact(stack, artifact) == artifact["sha256"], artifact["name"]
     # the timeline is also in Events
-    events = json.loads(stack.kubectl("-n", "e2e-ok", "get", "events", "-o", "json"))["items"]
+    events = json.loads(stack.kubectl("-n", ns, "get", "events", "-o", "json"))["items"]
     reasons = {e["reason"] for e in events if e["involvedObject"]["name"] == "story"}
     assert {"SpecValid", "Launched", "TrainingComplete", "ArtifactsExported"} <= reasons
     # kubectl shows the columns users look at
-    table = stack.kubectl("get", "ftj", "-n", "e2e-ok")
+    table = stack.kubectl("get", "ftj", "-n", ns)
     assert "Succeeded" in table and "100" in table
 
 
@@ -82,13 +85,16 @@ def test_operator_killed_mid_run_is_restarted_and_launches_nothing_twice(
     assert st["attempt"] == 1 and st["preemptions"] == 0
 
 
-def test_suspend_and_resume_continue_from_the_checkpoint(stack: Stack, train_uri: str) -> None:
-    stack.namespace("e2e-suspend")
-    stack.apply(tiny_job("pausable", "e2e-suspend", train_uri, steps=40, every=2))
-    stack.wait_step("e2e-suspend", "pausable", 4)
+def test_suspend_and_resume_continue_from_the_checkpoint(
+    stack: Stack, train_uri: str, ns: str = "e2e-suspend"
+) -> None:
+    """(Also run through the TrainJob launcher by tests/e2e/test_trainjob.py, with ``ns``.)"""
+    stack.namespace(ns)
+    stack.apply(tiny_job("pausable", ns, train_uri, steps=40, every=2))
+    stack.wait_step(ns, "pausable", 4)
     stack.kubectl(
         "-n",
-        "e2e-suspend",
+        ns,
         "patch",
         "ftj",
         "pausable",
@@ -97,25 +103,23 @@ def test_suspend_and_resume_continue_from_the_checkpoint(stack: Stack, train_uri
         "-p",
         '{"spec":{"suspend":true}}',
     )
-    st = stack.wait_phase("e2e-suspend", "pausable", "Suspended")
-    (pj,) = stack.pytorchjobs("e2e-suspend", "pausable")
-    assert pj["spec"]["runPolicy"]["suspend"] is True
+    st = stack.wait_phase(ns, "pausable", "Suspended")
+    (launched,) = stack.launched(ns, "pausable")
+    assert stack.is_suspended(launched)
     wait_for(
         lambda: any(
             c["type"] == "Suspended" and c["status"] == "True"
-            for c in (stack.pytorchjobs("e2e-suspend", "pausable")[0].get("status") or {}).get(
-                "conditions", []
-            )
+            for c in (stack.launched(ns, "pausable")[0].get("status") or {}).get("conditions", [])
         ),
         90,
-        "the PyTorchJob to report Suspended (the trainer checkpointed and stopped)",
+        f"the {stack.launcher} to report Suspended (the trainer checkpointed and stopped)",
     )
-    stopped = stack.status("e2e-suspend", "pausable")
+    stopped = stack.status(ns, "pausable")
     checkpoint = max(c["step"] for c in stopped["checkpoints"])
     assert checkpoint >= 4
     stack.kubectl(
         "-n",
-        "e2e-suspend",
+        ns,
         "patch",
         "ftj",
         "pausable",
@@ -124,12 +128,12 @@ def test_suspend_and_resume_continue_from_the_checkpoint(stack: Stack, train_uri
         "-p",
         '{"spec":{"suspend":false}}',
     )
-    st = stack.wait_phase("e2e-suspend", "pausable", "Succeeded", "Failed", timeout=240)
+    st = stack.wait_phase(ns, "pausable", "Succeeded", "Failed", timeout=240)
     assert st["phase"] == "Succeeded", st.get("message")
     reasons = [e["reason"] for e in st["timeline"]]
     assert "SuspendedByUser" in reasons and "ResumedByUser" in reasons
     assert st["preemptions"] == 0, json.dumps(st["timeline"], indent=0)
-    assert len(stack.pytorchjobs("e2e-suspend", "pausable")) == 1
+    assert len(stack.launched(ns, "pausable")) == 1
     # the metrics curve is one trajectory: every step once, resumed right after the checkpoint
     root = next(a for a in st["artifacts"] if a["name"] == "final")["uri"].removesuffix("final/")
     lines = (

@@ -153,14 +153,15 @@ def test_window_queue_run_drain_and_resume_in_the_next_window(stack: Stack, trai
 
 @pytest.mark.parametrize("how", ["reclaimed", "lost"])
 def test_a_node_taken_back_resumes_the_job_on_another_from_its_checkpoint(
-    stack: Stack, train_uri: str, how: str
+    stack: Stack, train_uri: str, how: str, ns: str = ""
 ) -> None:
     """``reclaimed``: the pool takes the node back (cordon, evictions with the grace period:
     the trainer checkpoints on SIGTERM). ``lost``: the node dies (SIGKILL, Node deleted):
     the job resumes from its last periodic checkpoint. Either way the pod runs again on the
-    other GPU node and the job ends as if uninterrupted."""
+    other GPU node and the job ends as if uninterrupted. (``reclaimed`` also runs through the
+    TrainJob launcher: tests/e2e/test_trainjob.py, with ``ns``.)"""
     stack.apply(pool("always", 4, ALL_WEEK))
-    ns = f"pool-{how}"
+    ns = ns or f"pool-{how}"
     stack.namespace(ns)
     every = 10
     stack.apply(
@@ -250,7 +251,7 @@ def test_two_namespaces_share_a_pool_fairly(stack: Stack, train_uri: str) -> Non
         )
 
 
-def kueue_queues(cpus: int) -> list[dict[str, Any]]:
+def kueue_queues(cpus: int, namespace: str = "kueue") -> list[dict[str, Any]]:
     flavor = "lab-cpu"
     return [
         {
@@ -283,45 +284,50 @@ def kueue_queues(cpus: int) -> list[dict[str, Any]]:
         {
             "apiVersion": "kueue.x-k8s.io/v1beta2",
             "kind": "LocalQueue",
-            "metadata": {"name": "team-queue", "namespace": "kueue"},
+            "metadata": {"name": "team-queue", "namespace": namespace},
             "spec": {"clusterQueue": "team-cq"},
         },
     ]
 
 
-def test_kueue_mode_waits_for_real_kueue_to_admit(stack: Stack, train_uri: str) -> None:
-    stack.namespace("kueue")
-    stack.lab.apply_documents(kueue_queues(cpus=0))  # no quota yet
+def test_kueue_mode_waits_for_real_kueue_to_admit(
+    stack: Stack, train_uri: str, ns: str = "kueue"
+) -> None:
+    """(Also run through the TrainJob launcher by tests/e2e/test_trainjob.py, with ``ns``.)"""
+    stack.namespace(ns)
+    stack.lab.apply_documents(kueue_queues(cpus=0, namespace=ns))  # no quota yet
     stack.apply(
         tiny_job(
             "queued",
-            "kueue",
+            ns,
             train_uri,
             steps=6,
             every=3,
             scheduling={"queueName": "team-queue"},
         )
     )
-    pj = wait_for(lambda: (stack.pytorchjobs("kueue", "queued") or [None])[0], 30, "the PyTorchJob")
-    assert pj["spec"]["runPolicy"]["suspend"] is True
-    assert pj["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-queue"
+    launched = wait_for(
+        lambda: (stack.launched(ns, "queued") or [None])[0], 30, f"the {stack.launcher}"
+    )
+    assert stack.is_suspended(launched)
+    assert launched["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-queue"
 
     def workload() -> dict[str, Any] | None:
-        items = json.loads(stack.kubectl("-n", "kueue", "get", "workloads", "-o", "json"))["items"]
+        items = json.loads(stack.kubectl("-n", ns, "get", "workloads", "-o", "json"))["items"]
         return items[0] if items else None
 
-    pending = wait_for(workload, 30, "Kueue's Workload for the PyTorchJob")
+    pending = wait_for(workload, 30, f"Kueue's Workload for the {stack.launcher}")
     time.sleep(3)
-    st = stack.status("kueue", "queued")
+    st = stack.status(ns, "queued")
     assert st["phase"] == "Queued" and "startTime" not in st
-    assert stack.pytorchjobs("kueue", "queued")[0]["spec"]["runPolicy"]["suspend"] is True
+    assert stack.is_suspended(stack.launched(ns, "queued")[0])
     # the quota arrives: Kueue admits the Workload and unsuspends the job
-    stack.lab.apply_documents(kueue_queues(cpus=8))
-    done = stack.wait_phase("kueue", "queued", "Succeeded", "Failed", timeout=240)
+    stack.lab.apply_documents(kueue_queues(cpus=8, namespace=ns))
+    done = stack.wait_phase(ns, "queued", "Succeeded", "Failed", timeout=240)
     assert done["phase"] == "Succeeded", done.get("message")
     assert done["startTime"]
     admitted = json.loads(
-        stack.kubectl("-n", "kueue", "get", "workload", pending["metadata"]["name"], "-o", "json")
+        stack.kubectl("-n", ns, "get", "workload", pending["metadata"]["name"], "-o", "json")
     )
     conditions = {c["type"]: c["status"] for c in admitted["status"]["conditions"]}
     assert conditions.get("Admitted") == "True" or conditions.get("Finished") == "True"

@@ -235,6 +235,26 @@ class Stack:
         )
         return list(json.loads(out)["items"])
 
+    @property
+    def launcher(self) -> str:
+        """The kind the installed operator launches (its ``config.launcher``)."""
+        return str(self.values.get("config", {}).get("launcher", "PyTorchJob"))
+
+    def launched(self, namespace: str, job: str) -> list[dict[str, Any]]:
+        """The job's launched objects of the kind the operator launches now."""
+        plural = {"PyTorchJob": "pytorchjobs", "TrainJob": "trainjobs"}[self.launcher]
+        out = self.kubectl(
+            "-n", namespace, "get", plural, "-l", f"tidetune.io/job={job}", "-o", "json"
+        )
+        return list(json.loads(out)["items"])
+
+    def is_suspended(self, launched: Mapping[str, Any]) -> bool:
+        """Whether a launched object (PyTorchJob or TrainJob) asks to be suspended."""
+        spec = launched.get("spec") or {}
+        if launched.get("kind") == "TrainJob":
+            return bool(spec.get("suspend"))
+        return bool((spec.get("runPolicy") or {}).get("suspend"))
+
     def pods(self, namespace: str, selector: str) -> list[dict[str, Any]]:
         out = self.kubectl("-n", namespace, "get", "pods", "-l", selector, "-o", "json")
         return list(json.loads(out)["items"])
