@@ -464,14 +464,22 @@ class Lab:
         if crds:
             self._apply(crds, timeout)
             names = [f"crd/{d['metadata']['name']}" for d in crds]
-            self.kubectl(
-                "wait",
-                "--for=condition=Established",
-                f"--timeout={int(timeout)}s",
-                *names,
-                timeout=timeout + 10,
-                check=True,
-            )
+            deadline = time.monotonic() + timeout
+            while True:
+                out = self.kubectl(
+                    "wait",
+                    "--for=condition=Established",
+                    f"--timeout={int(timeout)}s",
+                    *names,
+                    timeout=timeout + 10,
+                )
+                # right after the apply a CRD may have no status yet: kubectl wait then errs
+                # ("accessor error") instead of waiting; ask again
+                if out.returncode == 0:
+                    break
+                if "accessor error" not in out.stderr or time.monotonic() > deadline:
+                    raise LabError(f"CRDs not Established: {out.stderr.strip()}")
+                time.sleep(0.5)
         if rest:
             self._apply(rest, timeout)
 
