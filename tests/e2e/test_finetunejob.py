@@ -114,9 +114,14 @@ def test_suspend_and_resume_continue_from_the_checkpoint(
         90,
         f"the {stack.launcher} to report Suspended (the trainer checkpointed and stopped)",
     )
-    stopped = stack.status(ns, "pausable")
-    checkpoint = max(c["step"] for c in stopped["checkpoints"])
-    assert checkpoint >= 4
+    # the launched job says Suspended as soon as its pods are being deleted; the trainer's
+    # SIGTERM checkpoint (at or past step 4) shows in status once it is written and read
+    wait_for(
+        lambda: max(c["step"] for c in stack.status(ns, "pausable")["checkpoints"]) >= 4,
+        60,
+        "the checkpoint written on SIGTERM (step 4 or later)",
+        lambda: stack.describe(ns, "pausable"),
+    )
     stack.kubectl(
         "-n",
         ns,
