@@ -266,24 +266,33 @@ def test_no_credential_value_leaks_anywhere(stack: Stack) -> None:
     assert len(places) > 20
 
 
-def test_a_two_node_job_runs_under_restricted_pod_security(stack: Stack, train_uri: str) -> None:
+def test_a_two_node_job_runs_under_restricted_pod_security(
+    stack: Stack, train_uri: str, ns: str = "e2e-multi"
+) -> None:
     """Master + Worker: the training operator adds its init-pytorch container to the Worker
     (the lab gives it the chart's restricted template, as helm/tidetune/README.md says to),
-    the namespace enforces restricted, and torchrun's two nodes meet at rendezvous."""
-    stack.namespace("e2e-multi")
+    the namespace enforces restricted, and torchrun's two nodes meet at rendezvous. (Also
+    through the TrainJob launcher, tests/e2e/test_trainjob.py: no init container there.)"""
+    stack.namespace(ns)
     stack.apply(
         tiny_job(
             "pair",
-            "e2e-multi",
+            ns,
             train_uri,
             steps=6,
             every=3,
             resources={"nodes": 2, "gpusPerNode": 0},
         )
     )
-    st = stack.wait_phase("e2e-multi", "pair", "Succeeded", "Failed", timeout=300)
+    st = stack.wait_phase(ns, "pair", "Succeeded", "Failed", timeout=300)
     assert st["phase"] == "Succeeded", st.get("message")
-    pods = stack.pods("e2e-multi", "tidetune.io/job=pair")
+    pods = stack.pods(ns, "tidetune.io/job=pair")
+    if stack.launcher == "TrainJob":
+        # Trainer's torch plugin adds none: both nodes of the JobSet's Job reach rank 0 by
+        # the JobSet's headless Service (PET_MASTER_ADDR)
+        assert len(pods) == 2 and not any(p["spec"].get("initContainers") for p in pods)
+        assert {p["status"]["phase"] for p in pods} == {"Succeeded"}
+        return
     worker = next(p for p in pods if p["metadata"]["name"].endswith("-worker-0"))
     (init,) = worker["spec"]["initContainers"]
     assert init["name"] == "init-pytorch"

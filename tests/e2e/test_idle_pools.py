@@ -351,13 +351,12 @@ def test_job_in_an_invalid_pool_fails_with_the_pools_problem(stack: Stack, train
 
 
 def test_a_job_kueue_evicts_waits_in_queued_and_resumes_when_readmitted(
-    stack: Stack, train_uri: str
+    stack: Stack, train_uri: str, ns: str = "kueue-evict"
 ) -> None:
     """Kueue evicts the running job's Workload (deactivated, as an admin or a higher
     priority would): the PyTorchJob is suspended by Kueue, not resumed behind its back; the
     job shows Queued (PreemptedByKueue), and the next attempt, admitted by Kueue, resumes
-    from the checkpoint."""
-    ns = "kueue-evict"
+    from the checkpoint. (Any launcher: ``stack.launched``.)"""
     stack.namespace(ns)
     queues = kueue_queues(cpus=8)
     queues[-1]["metadata"]["namespace"] = ns
@@ -368,7 +367,7 @@ def test_a_job_kueue_evicts_waits_in_queued_and_resumes_when_readmitted(
         )
     )
     stack.wait_step(ns, "evicted", 8, timeout=240)
-    (pj,) = stack.pytorchjobs(ns, "evicted")
+    (pj,) = stack.launched(ns, "evicted")
     workloads = json.loads(stack.kubectl("-n", ns, "get", "workloads", "-o", "json"))["items"]
     (workload,) = [
         w

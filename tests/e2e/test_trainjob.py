@@ -5,11 +5,11 @@ JobSet, the real JobSet controller into Jobs, and the node agent runs their pods
 The scenarios are the PyTorchJob tier's own tests, run again here with namespaces of this
 module (each takes ``ns``; what they check of the launched object goes through
 ``stack.launched`` and ``stack.is_suspended``): a job that trains to Succeeded with its
-artifacts in S3, suspend and resume from the checkpoint, a reclaimed node, and admission by
-real Kueue through its TrainJob integration. On top, what only a TrainJob can get wrong:
-the pods get the operator's grace period (not the 30 s default), its security context,
-volumes, environment, node selector and tolerations, whatever Trainer and Kueue did to the
-TrainJob on the way.
+artifacts in S3, suspend and resume from the checkpoint, two nodes under restricted Pod
+Security, a reclaimed node, and admission by real Kueue through its TrainJob integration.
+On top, what only a TrainJob can get wrong: the pods get the operator's grace period (not
+the 30 s default), its security context, volumes, environment, node selector and
+tolerations, whatever Trainer and Kueue did to the TrainJob on the way.
 
 The module starts Trainer and JobSet in the session's lab (``lab.start_trainer``, ~10 s)
 and reinstalls the operator with the TrainJob launcher and a grace period of
@@ -53,7 +53,7 @@ def trainer_pods(stack: Stack, ns: str, job: str) -> list[dict[str, Any]]:
     return pods
 
 
-def assert_pods_are_the_operators(stack: Stack, ns: str, job: str) -> None:
+def assert_pods_are_the_operators(stack: Stack, ns: str, job: str, nodes: int = 1) -> None:
     """Every pod of the job has what the operator's pod template says, through the
     TrainJob, its runtime patch and the runtime the operator keeps."""
     for pod in trainer_pods(stack, ns, job):
@@ -69,7 +69,7 @@ def assert_pods_are_the_operators(stack: Stack, ns: str, job: str) -> None:
         env = {e["name"]: e for e in node["env"]}
         assert env["TIDETUNE_JOB_NAME"]["value"] == job
         assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "s3-creds"
-        assert env["PET_NNODES"]["value"] == "1"  # Trainer's torch plugin, for torchrun
+        assert env["PET_NNODES"]["value"] == str(nodes)  # Trainer's torch plugin, for torchrun
         assert pod["metadata"]["annotations"]["tidetune.io/job-uid"]
 
 
@@ -95,6 +95,15 @@ def test_a_trainjob_suspended_and_resumed_continues_from_the_checkpoint(
         stack, train_uri, ns="tj-suspend"
     )
     assert_pods_are_the_operators(stack, "tj-suspend", "pausable")
+
+
+def test_a_two_node_trainjob_runs_under_restricted_pod_security(
+    stack: Stack, train_uri: str
+) -> None:
+    finetunejob.test_a_two_node_job_runs_under_restricted_pod_security(
+        stack, train_uri, ns="tj-multi"
+    )
+    assert_pods_are_the_operators(stack, "tj-multi", "pair", nodes=2)
 
 
 def test_a_trainjob_on_a_reclaimed_node_resumes_on_another_from_its_checkpoint(
