@@ -367,7 +367,7 @@ class Controller:
         problems: list[tuple[Reason, str]] = []
         if not validated:
             problems, secret_data = await check_references(
-                self.kube, job, pool, self.pools, self.config
+                self.kube, job, pool, self.pools, self.config, self.launcher
             )
         run: RunState | None = None
         creds: S3Credentials | None = None

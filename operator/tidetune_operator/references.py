@@ -22,7 +22,7 @@ from tidetune.storage import S3Credentials
 from tidetune_operator.builders import job_root_uri
 from tidetune_operator.config import OperatorConfig
 from tidetune_operator.kube import CONFIGMAPS, SECRETS, WORKLOAD_PRIORITY_CLASSES, ApiError, Kube
-from tidetune_operator.launchers import get_launcher
+from tidetune_operator.launchers import Launcher
 from tidetune_operator.observe import credentials_from_secret
 
 Problem = tuple[Reason, str]
@@ -62,10 +62,12 @@ async def check_references(
     pool: IdlePool | None,
     pools: Mapping[str, Mapping[str, Any]],
     config: OperatorConfig,
+    launcher: Launcher,
 ) -> tuple[list[Problem], dict[str, str] | None]:
     """The problems with what the spec refers to, and the storage Secret's decoded data
     (None without one). ``pool`` is the job's pool as the model reads it (None when it is
-    missing or invalid); ``pools`` the stored IdlePools by name."""
+    missing or invalid); ``pools`` the stored IdlePools by name; ``launcher`` the kind the
+    operator launches (what it cannot carry of the pool is a problem too)."""
     ns = job.metadata.namespace or "default"
     problems: list[Problem] = []
     secret_data = None
@@ -145,7 +147,7 @@ async def check_references(
                     f"spec.scheduling.pool: IdlePool {pool_name} does not exist",
                 )
             )
-        elif (why_not := get_launcher(config.launcher).problem(job, pool)) is not None:
+        elif (why_not := launcher.problem(job, pool)) is not None:
             problems.append((Reason.POOL_INVALID, f"spec.scheduling.pool: {why_not}"))
         elif job.spec.resources.total_gpus > pool.spec.gpus:
             problems.append(

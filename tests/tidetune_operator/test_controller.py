@@ -26,7 +26,7 @@ from tidetune.api.constants import TIMELINE_KEEP_FIRST, TIMELINE_KEEP_LAST
 from tidetune_operator.config import OperatorConfig
 from tidetune_operator.controller import Controller
 from tidetune_operator.kube import Kube
-from tidetune_operator.launchers import PyTorchJobLauncher
+from tidetune_operator.launchers import PyTorchJobLauncher, TrainJobLauncher
 
 
 class ApiServer:
@@ -42,6 +42,8 @@ class ApiServer:
         #: pods (listed by label) and their containers' logs by pod name
         self.pods: list[dict[str, Any]] = []
         self.logs: dict[str, str] = {}
+        #: server-side applies: (path, query, body)
+        self.applied: list[tuple[str, dict[str, str], dict[str, Any]]] = []
 
     async def handle(self, request: web.Request) -> web.Response:
         path, method = request.path, request.method
@@ -70,6 +72,10 @@ class ApiServer:
         if method == "POST":
             assert body is not None
             body.setdefault("metadata", {})["resourceVersion"] = "7"
+            return web.json_response(body, status=201)
+        if method == "PATCH" and request.content_type == "application/apply-patch+yaml":
+            assert body is not None
+            self.applied.append((path, dict(request.query), body))
             return web.json_response(body, status=201)
         if method == "PATCH" and path.endswith("/status"):
             assert body is not None
@@ -480,3 +486,35 @@ async def test_a_restarted_operator_ends_an_attempt_whose_pods_never_started(
     meta = {**body["metadata"], "resourceVersion": "9"}
     c.observe_job("MODIFIED", {**body, "metadata": meta, "status": status})
     assert [x.running for x in c._candidates("night-a100")] == [False]
+
+
+@pytest.mark.asyncio
+async def test_the_trainjob_launcher_keeps_its_runtime_and_refuses_a_pool_priority_class(
+    api: tuple[ApiServer, Kube], config: OperatorConfig
+) -> None:
+    """With ``launcher: TrainJob`` the operator server-side applies the ClusterTrainingRuntime
+    its TrainJobs reference, and a job in a pool with a priorityClassName (which a TrainJob
+    cannot carry) fails with PoolInvalid instead of launching without it."""
+    server, kube = api
+    c = Controller(config, TrainJobLauncher())
+    c.kube = kube
+    await c._keep_cluster_objects(first_delay=0.01)
+    ((path, query, body),) = server.applied
+    assert path == "/apis/trainer.kubeflow.org/v1alpha1/clustertrainingruntimes/tidetune"
+    assert query == {"fieldManager": "tidetune-operator", "force": "true"}
+    pod = body["spec"]["template"]["spec"]["replicatedJobs"][0]["template"]["spec"]
+    assert pod["template"]["spec"]["terminationGracePeriodSeconds"] == (
+        config.termination_grace_seconds
+    )
+    job = job_body(**{"metadata.name": "preemptible", "spec.scheduling.pool": "night-a100"})
+    _JOB.clear()
+    _JOB.update(job)
+    _add_missing("PoolNotFound", server, c)  # the example pool: priorityClassName set
+    c.observe_job("ADDED", job)
+    assert await c.reconcile_job(("team-a", "preemptible")) is None
+    status = server.status_patches[-1]
+    assert status["phase"] == "Failed"
+    failed = _conditions(status)["Failed"]
+    assert failed[:2] == ("True", "PoolInvalid")
+    assert "priorityClassName tidetune-preemptible" in failed[2]
+    assert not any(path.endswith("/trainjobs") for _, path in server.calls)
