@@ -395,7 +395,8 @@ class Controller:
         if (
             launched is not None
             and not self.launcher.is_suspended(launched)
-            and self.launcher.observe(launched).phase is LauncherPhase.PENDING
+            and self.launcher.observe(launched).phase
+            in (LauncherPhase.PENDING, LauncherPhase.SUSPENDED)
         ):
             pods = await self.kube.list(PODS, key[0], label_selector=f"{JOB_LABEL}={key[1]}")
             pods_waiting = observe.pods_waiting(pods, launched["metadata"]["name"])

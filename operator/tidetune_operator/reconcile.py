@@ -1173,8 +1173,9 @@ def _alive(b: _Builder, obj: dict[str, Any], state: LauncherState) -> None:
             b.condition(C.ADMITTED, True, Reason.ADMITTED, f"{name} admitted")
             b.timeline("Admitted", Reason.ADMITTED, f"{name} admitted")
         b.set_phase(Phase.RUNNING)
-    if state.phase is LauncherPhase.PENDING:
-        # Running only once its pods run: not billed, not counted towards maxRuntime
+    if state.phase in (LauncherPhase.PENDING, LauncherPhase.SUSPENDED):
+        # Running only once its pods run: not billed, not counted towards maxRuntime. (Just
+        # unsuspended, a launched job's status may still say Suspended: no pods yet.)
         b.end_stint()
         why, detail = world.pods_waiting or (
             str(Reason.PODS_PENDING),

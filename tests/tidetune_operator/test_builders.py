@@ -205,9 +205,15 @@ def test_launchers_observe_conditions() -> None:
     tj = TrainJobLauncher()
     assert tj.observe(with_conditions("Complete")).phase is LauncherPhase.SUCCEEDED
     # Trainer writes no condition while a TrainJob runs: its Jobs' status says it started
-    running = {"status": {"jobsStatus": [{"name": "node", "active": 1}]}}
+    running = {"status": {"jobsStatus": [{"name": "node", "active": 1, "ready": 1}]}}
     assert tj.has_started(running) and not tj.has_started({"status": {}})
     assert tj.observe(running).phase is LauncherPhase.RUNNING
+    # a child Job is active while its pods are Pending (unschedulable, pulling): not running
+    pending = {"status": {"jobsStatus": [{"name": "node", "active": 1, "ready": 0}]}}
+    assert tj.has_started(pending) and tj.observe(pending).phase is LauncherPhase.PENDING
+    # a Trainer that does not report ready: active it is
+    older = {"status": {"jobsStatus": [{"name": "node", "active": 1}]}}
+    assert tj.observe(older).phase is LauncherPhase.RUNNING
     assert tj.suspend_patch(False) == {"spec": {"suspend": False}}
 
 

@@ -175,14 +175,24 @@ def test_pods_that_do_not_start_in_time_give_the_capacity_back(config: OperatorC
         (ActionKind.RESUME_LAUNCHER, second["metadata"]["name"])
     ]
     assert job.status is not None and job.status.start_retry_after is None
-    # attempt 2's pods are pending too: its own clock, from when it was started
-    resumed = {**second, "spec": {**second["spec"], "runPolicy": {"suspend": False}}}
-    resumed["status"] = {"conditions": [{"type": "Created", "status": "True"}]}
-    later = retry_at + timedelta(seconds=5)
-    job, d = step(job, config, launcher=resumed, pods_waiting=UNSCHEDULABLE, now=later)
+    # unsuspended, its status still says Suspended (the training operator has not acted):
+    # no pods run, nothing is billed, and attempt 2's own start clock begins
+    later = retry_at + timedelta(seconds=1)
+    unsuspended = {**second, "spec": {**second["spec"], "runPolicy": {"suspend": False}}}
+    job, d = step(job, config, launcher=unsuspended, now=later)
     st = job.status
     assert st is not None and st.phase is Phase.RUNNING and st.pods_pending_since == later
+    assert st.running_since is None and st.start_time is None and st.run_seconds == 0
+    assert next(c for c in st.conditions if c.type == "PodsReady").status == "False"
     assert next(c for c in st.conditions if c.type == "Admitted").status == "True"
+    # attempt 2's pods are pending too
+    resumed = {**unsuspended, "status": {"conditions": [{"type": "Created", "status": "True"}]}}
+    job, d = step(
+        job, config, launcher=resumed, pods_waiting=UNSCHEDULABLE, now=later + timedelta(seconds=4)
+    )
+    st = job.status
+    assert st is not None and st.phase is Phase.RUNNING and st.pods_pending_since == later
+    assert st.running_since is None and st.run_seconds == 0
     job, d = step(
         job,
         config,
@@ -572,7 +582,7 @@ def test_a_trainjob_whose_trainer_ran_is_replaced_on_resume_not_unsuspended(
     body = next(a.body for a in d.actions if a.kind is ActionKind.CREATE_LAUNCHER)
     assert body is not None
     name = body["metadata"]["name"]
-    running = {**body, "status": {"jobsStatus": [{"name": "node", "active": 1}]}}
+    running = {**body, "status": {"jobsStatus": [{"name": "node", "active": 1, "ready": 1}]}}
     run = RunState(state="running", step=5, session="s1", pod=f"{name}-node-0-0-abcde")
     job, _ = step(job, config, launcher=running, run=run, launcher_kind=tj)
     assert job.status is not None and job.status.trainer_session == f"{name}/s1"
@@ -1009,7 +1019,7 @@ def test_kueue_suspending_a_running_trainjob_is_a_preemption_not_a_fight(
     body = d.actions[1].body
     assert body is not None and body["kind"] == "TrainJob" and body["spec"]["suspend"] is True
     admitted = {**body, "spec": {**body["spec"], "suspend": False},
-                "status": {"jobsStatus": [{"name": "node", "active": 1}]}}  # fmt: skip
+                "status": {"jobsStatus": [{"name": "node", "active": 1, "ready": 1}]}}  # fmt: skip
     job, d = step(job, config, launcher=admitted, launcher_kind=tj_launcher)
     assert job.status is not None and job.status.phase is Phase.RUNNING
     job, d = step(job, config, launcher=admitted, launcher_kind=tj_launcher)

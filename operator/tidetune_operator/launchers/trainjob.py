@@ -276,8 +276,12 @@ class TrainJobLauncher(KubeflowKind):
             return state
         if (obj.get("spec") or {}).get("suspend"):
             return LauncherState(LauncherPhase.SUSPENDED)
+        # Running once its pods run: a child Job is "active" with its pods merely Pending
+        # (unschedulable, pulling), "ready" once all of them are ready. A Trainer that does
+        # not report "ready" (it is required since v2.0) falls back to "active".
         jobs = (obj.get("status") or {}).get("jobsStatus") or []
-        if any(int(j.get("active", 0) or 0) > 0 for j in jobs):
+        key = "ready" if all("ready" in j for j in jobs) else "active"
+        if any(int(j.get(key, 0) or 0) > 0 for j in jobs):
             return LauncherState(LauncherPhase.RUNNING)
         return LauncherState(LauncherPhase.PENDING)
 
