@@ -421,7 +421,8 @@ CAUSE_LINE_MAX = 300
 
 
 def _last_line(text: str) -> str:
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    """The last line that says something (not a rule of ``=====`` under torchrun's report)."""
+    lines = [line.strip() for line in text.splitlines() if any(c.isalnum() for c in line)]
     return lines[-1][:CAUSE_LINE_MAX] if lines else ""
 
 
@@ -470,7 +471,14 @@ def _pod_cause(world: World, launched: str) -> tuple[exitcodes.Outcome, str] | N
     first = failed[0]
     text = describe_exit(first, launched)
     if len(failed) > 1:
-        text += f" (and {len(failed) - 1} more pods failed)"
+        # the first to end is the likeliest cause, but times have a one-second grain
+        others = [
+            f"{e.pod.removeprefix(f'{launched}-')} "
+            f"({'OOMKilled' if e.reason == 'OOMKilled' else 'exit'} {e.exit_code})"
+            for e in failed[1:4]
+        ]
+        more = f" and {len(failed) - 4} more" if len(failed) > 4 else ""
+        text += f"; also failed: {', '.join(others)}{more}"
     logs = [e.log_uri for e in failed if e.log_uri]
     if logs:
         text += f"; last log lines in {logs[0]}"

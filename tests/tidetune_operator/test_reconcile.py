@@ -758,7 +758,7 @@ def test_a_worker_oom_killed_is_a_failure_even_when_its_survivors_say_preempted(
     assert st is not None and (st.failures, st.preemptions, st.attempt) == (1, 0, 2)
     crashed = next(e for e in d.events if e["type"] == "Crashed")
     assert crashed["warning"] is True
-    assert "worker-1 OOMKilled (exit 137) (and 1 more pods failed)" in crashed["message"]
+    assert "worker-1 OOMKilled (exit 137); also failed: worker-0 (exit 1)" in crashed["message"]
     assert log_uri in crashed["message"]
     assert st.message is not None and "worker-1 OOMKilled (exit 137)" in st.message
     assert "Preempted" not in types(d)
@@ -798,6 +798,16 @@ def test_a_crash_says_the_last_line_of_the_termination_message(config: OperatorC
                    pod_exits=(_exit(f"{name2}-master-0", 139, "Error"),))  # fmt: skip
     assert job2.status is not None and job2.status.failures == 1
     assert "master-0 killed by signal 11 (exit 139, Error)" in (job2.status.message or "")
+    # the kubelet's log tail (FallbackToLogsOnError) after torchrun's report: its last words
+    job3, pj3 = running_job(config)
+    failed3 = {**pj3, "status": {"conditions": [{"type": "Failed", "status": "True"}]}}
+    tail = "  traceback : Signal 9 (SIGKILL) received by PID 2207\n=====================\n\n"
+    worker = _exit(f"{pj3['metadata']['name']}-worker-0", 1, message=tail)
+    job3, _ = step(job3, config, launcher=failed3, pod_exits=(worker,))
+    assert job3.status is not None and job3.status.message is not None
+    assert "worker-0 exited 1: traceback : Signal 9 (SIGKILL) received by PID 2207" in (
+        job3.status.message
+    )
 
 
 def test_a_long_termination_message_is_bounded(config: OperatorConfig) -> None:
