@@ -162,3 +162,68 @@ def test_a_hung_trainer_is_stalled_then_resumed_from_its_checkpoint(
         60,
         "the stopped trainer's processes to be gone",
     )
+
+
+def _rank_pids(pod: str) -> list[int]:
+    """The trainer rank processes of a pod (not the launch wrapper, not torchrun)."""
+    out = []
+    for pid in pod_main_pids(pod):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as handle:
+                argv = handle.read().decode(errors="replace").split("\0")
+        except OSError:
+            continue
+        if (
+            "tidetune_trainer" in argv
+            and "tidetune_trainer.launch" not in argv
+            and "torch.distributed.run" not in argv
+        ):
+            out.append(pid)
+    return out
+
+
+def test_a_worker_that_dies_is_a_failure_though_the_master_is_stopped_after_it(
+    stack: Stack, train_uri: str
+) -> None:
+    """Two nodes. The worker's trainer is SIGKILLed (as the OOM killer does): the real
+    training operator marks the PyTorchJob Failed, keeps the failed worker pod and deletes
+    the master, whose trainer gets SIGTERM (and may say "preempted"). The cluster's record
+    of the worker decides: a failure counted towards maxFailures, not a preemption, with the
+    worker named and its log kept; the next attempt resumes from the checkpoint and the job
+    succeeds."""
+    ns, name = "e2e-worker", "pair"
+    stack.namespace(ns)
+    resources = {"nodes": 2, "gpusPerNode": 0}
+    stack.apply(tiny_job(name, ns, train_uri, steps=40, every=5, resources=resources))
+
+    def checkpointed() -> dict[str, Any] | None:
+        st = stack.status(ns, name)
+        return st if st.get("checkpoints") else None
+
+    wait_for(checkpointed, 420, "a first checkpoint", lambda: stack.describe(ns, name))
+    pods = stack.pods(ns, f"tidetune.io/job={name}")
+    worker = next(
+        p["metadata"]["name"]
+        for p in pods
+        if p["metadata"]["name"].endswith("-worker-0") and p["status"].get("phase") == "Running"
+    )
+    ranks = _rank_pids(worker)
+    assert ranks, f"no trainer rank process in {worker}"
+    for pid in ranks:
+        os.kill(pid, signal.SIGKILL)
+
+    def failed_once() -> dict[str, Any] | None:
+        st = stack.status(ns, name)
+        return st if st.get("failures", 0) >= 1 or st.get("preemptions", 0) >= 1 else None
+
+    st = wait_for(failed_once, 300, "the attempt to end", lambda: stack.describe(ns, name))
+    assert (st["failures"], st.get("preemptions", 0)) == (1, 0), st["timeline"]
+    crashed = next(e for e in st["timeline"] if e["type"] == "Crashed")
+    assert "worker-0" in crashed["message"], crashed
+    assert "SIGKILL" in crashed["message"] or "exit" in crashed["message"], crashed
+    st = stack.wait_phase(ns, name, "Succeeded", "Failed", timeout=600)
+    assert st["phase"] == "Succeeded", st.get("message")
+    assert (st["attempt"], st["failures"], st.get("preemptions", 0)) == (2, 1, 0)
+    run = st["outputUri"].removeprefix(f"s3://{stack.s3.bucket}/") + "run/"
+    text = stack.get(f"{run}logs/attempt-1/{worker}.log").decode()
+    assert "SIGKILL" in text, text[-2000:]
