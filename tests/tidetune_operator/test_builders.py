@@ -188,6 +188,28 @@ def test_event_is_bounded(config: OperatorConfig) -> None:
     assert event["involvedObject"]["uid"] == job.metadata.uid
 
 
+def test_a_pytorchjob_runs_once_every_pod_runs(config: OperatorConfig) -> None:
+    """The training operator says Running once the master's pod runs; with a worker still
+    Pending (its node's GPUs taken) the job is held at rendezvous: not running yet."""
+    pj = PyTorchJobLauncher()
+    body = pj.build(make_job("sft-full.yaml"), config, None, 1, False)  # Master + 1 Worker
+    running = [{"type": "Created", "status": "True"}, {"type": "Running", "status": "True"}]
+
+    def with_replicas(**active: int) -> dict[str, Any]:
+        statuses = {rtype: {"active": n} for rtype, n in active.items()}
+        return {**body, "status": {"conditions": running, "replicaStatuses": statuses}}
+
+    assert pj.observe(with_replicas(Master=1, Worker=0)).phase is LauncherPhase.PENDING
+    assert pj.observe(with_replicas(Master=1)).phase is LauncherPhase.PENDING
+    assert pj.observe(with_replicas(Master=1, Worker=1)).phase is LauncherPhase.RUNNING
+    # ended pods are not waited for (a worker done first, a failed one the failure path reads)
+    done = with_replicas(Master=1)
+    done["status"]["replicaStatuses"]["Worker"] = {"succeeded": 1}
+    assert pj.observe(done).phase is LauncherPhase.RUNNING
+    # no replicaStatuses reported: the conditions alone
+    assert pj.observe({**body, "status": {"conditions": running}}).phase is LauncherPhase.RUNNING
+
+
 def test_launchers_observe_conditions() -> None:
     pj = PyTorchJobLauncher()
 

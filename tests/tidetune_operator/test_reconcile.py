@@ -206,6 +206,25 @@ def test_pods_that_do_not_start_in_time_give_the_capacity_back(config: OperatorC
     assert st.start_retry_after == later + timedelta(minutes=15, seconds=120)
 
 
+def test_a_worker_that_does_not_start_holds_the_job_at_the_start(config: OperatorConfig) -> None:
+    """Two nodes, the master's pod runs, the worker's is Unschedulable: the training operator
+    says Running, but the job is not billed, says why, and the start timeout ends it."""
+    job, d = step(make_job("sft-full.yaml", edits={"spec.scheduling.pool": None}), config)
+    body = launched(d, "Created", "Running")
+    replicas = {"Master": {"active": 1}, "Worker": {}}
+    half = {**body, "status": {**body["status"], "replicaStatuses": replicas}}
+    why = ("Unschedulable", "x-1-worker-0: 0/3 nodes are available: 3 Insufficient nvidia.com/gpu")
+    job, d = step(job, config, launcher=half, pods_waiting=why)
+    st = job.status
+    assert st is not None and st.phase is Phase.RUNNING and st.start_time is None
+    assert st.running_since is None and st.pods_pending_since == T0
+    pods = next(c for c in st.conditions if c.type == "PodsReady")
+    assert (pods.status, pods.reason) == ("False", "Unschedulable") and "worker-0" in pods.message
+    job, d = step(job, config, launcher=half, pods_waiting=why, now=T0 + timedelta(minutes=15))
+    assert job.status is not None and job.status.phase is Phase.QUEUED
+    assert ActionKind.DELETE_LAUNCHER in kinds(d)
+
+
 def test_repeated_start_timeouts_fail_the_job(config: OperatorConfig) -> None:
     config = config.model_copy(update={"max_start_timeouts": 1, "start_timeout_seconds": 60})
     job, pending = _pending_job(config)

@@ -98,7 +98,12 @@ class PyTorchJobLauncher(KubeflowKind):
         }
 
     def observe(self, obj: dict[str, Any]) -> LauncherState:
-        return state_from_conditions(obj, self.CONDITIONS) or LauncherState(LauncherPhase.PENDING)
+        state = state_from_conditions(obj, self.CONDITIONS) or LauncherState(LauncherPhase.PENDING)
+        if state.phase is LauncherPhase.RUNNING and _pods_not_running(obj):
+            # the training operator says Running once the master's pod runs; a worker
+            # still Pending (no node with its GPUs) holds the job at rendezvous
+            return LauncherState(LauncherPhase.PENDING, state.reason, state.message)
+        return state
 
     def has_started(self, obj: dict[str, Any]) -> bool:
         return bool((obj.get("status") or {}).get("conditions"))  # Created comes first
@@ -108,3 +113,19 @@ class PyTorchJobLauncher(KubeflowKind):
 
     def is_suspended(self, obj: dict[str, Any]) -> bool:
         return bool(((obj.get("spec") or {}).get("runPolicy") or {}).get("suspend"))
+
+
+def _pods_not_running(obj: dict[str, Any]) -> int:
+    """Replicas whose pod neither runs nor has ended (Pending, or not created yet), from the
+    training operator's ``replicaStatuses`` (it counts a pod as active only once it runs);
+    0 when it reports none."""
+    statuses = (obj.get("status") or {}).get("replicaStatuses") or {}
+    if not statuses:
+        return 0
+    specs = (obj.get("spec") or {}).get("pytorchReplicaSpecs") or {}
+    missing = 0
+    for rtype, spec in specs.items():
+        st = statuses.get(rtype) or {}
+        ended = sum(int(st.get(k, 0) or 0) for k in ("active", "succeeded", "failed"))
+        missing += max(0, int(spec.get("replicas", 1) or 0) - ended)
+    return missing
