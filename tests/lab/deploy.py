@@ -2,9 +2,10 @@
 
 ``Stack(lab).install()`` runs ``helm upgrade --install tidetune helm/tidetune -n
 tidetune-system --wait`` with :data:`LAB_VALUES` (quick observation and resync, the lab's S3
-as the default output, a 30 s grace period, short start and stall timeouts), exactly as a
-user installs it: the operator runs as the chart's Deployment, its pod run by the node
-agent, under its own ServiceAccount and RBAC. ``python -m tests.lab --dir DIR`` and the
+as the default output, a 30 s grace period, a short stall timeout; the start timeout keeps
+its 15-minute default, which the unschedulable e2e shortens for itself), exactly as a user
+installs it: the operator runs as the chart's Deployment, its pod run by the node agent,
+under its own ServiceAccount and RBAC. ``python -m tests.lab --dir DIR`` and the
 e2e fixtures use it, so a person at a terminal and the tests see the same thing.
 """
 
