@@ -630,14 +630,21 @@ class Controller:
     async def _post_events(self, meta: ObjectMeta, decision: Decision) -> None:
         """Queue the decision's Events for the posters (as client-go's event recorder
         does): launch-critical writes go first, Events follow when the API has room.
-        Status already holds the timeline; a full queue drops Events, never blocks."""
-        for i, entry in enumerate(decision.events):
-            hint = f"{meta.uid}/{entry['time']}/{entry['type']}/{entry['reason']}/{i}"
+        Status already holds the timeline; a full queue drops Events, never blocks.
+
+        One Event per run of Normal entries (Validated, Estimated, Launched → one Event
+        with the last one's reason that names the others); every Warning alone."""
+        for i, run in enumerate(_event_runs(decision.events)):
+            last, earlier = run[-1], run[:-1]
+            message = f"{last['type']}: {last['message']}"
+            if earlier:
+                message += " — after " + "; ".join(f"{e['type']}: {e['message']}" for e in earlier)
+            hint = f"{meta.uid}/{last['time']}/{last['type']}/{last['reason']}/{i}"
             body = build_event(
                 meta,
-                entry["reason"],
-                f"{entry['type']}: {entry['message']}",
-                warning=bool(entry.get("warning")),
+                last["reason"],
+                message,
+                warning=bool(last.get("warning")),
                 now=self.clock.now(),
                 uid_hint=hint,
             )
@@ -645,7 +652,7 @@ class Controller:
                 self._events.put_nowait(body)
             except asyncio.QueueFull:
                 metrics.RECONCILE_ERRORS.labels("event").inc()
-                log.warning("event queue full; dropped %s for %s", entry["reason"], meta.name)
+                log.warning("event queue full; dropped %s for %s", last["reason"], meta.name)
 
     async def _event_poster(self) -> None:
         assert self.kube is not None
@@ -745,3 +752,15 @@ def _rv(body: dict[str, Any]) -> str | None:
 
 def _key(job: FineTuneJob) -> JobKey:
     return (job.metadata.namespace or "", job.metadata.name)
+
+
+def _event_runs(entries: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """Timeline entries grouped for Events: consecutive Normal entries together, each
+    Warning on its own (so that a Warning is never hidden behind a Normal reason)."""
+    runs: list[list[dict[str, Any]]] = []
+    for entry in entries:
+        if entry.get("warning") or not runs or runs[-1][-1].get("warning"):
+            runs.append([entry])
+        else:
+            runs[-1].append(entry)
+    return runs

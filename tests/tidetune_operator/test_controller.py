@@ -283,6 +283,12 @@ async def test_a_job_applied_before_what_it_names_waits_then_proceeds(
     assert any(m == "POST" and p.endswith("/pytorchjobs") for m, p in server.calls)
     assert "Waiting" in [t["type"] for t in status["timeline"]]
     assert key not in c._waiting
+    # the Normal steps of that look (Validated, Estimated, Admitted?, Launched) are one Event
+    # with the last one's reason, naming the others: one API write, not three or four
+    (event,) = [c._events.get_nowait() for _ in range(c._events.qsize())]
+    last = status["timeline"][-1]
+    assert (event["type"], event["reason"]) == ("Normal", last["reason"])
+    assert event["message"].startswith(f"{last['type']}: {last['message']} — after Validated: ")
     assert delay in (config.observe_interval_seconds, config.resync_interval_seconds)
 
 
