@@ -124,6 +124,8 @@ class Controller:
         self._observed: dict[JobKey, _Observed] = {}
         #: jobs waiting for an object they name: consecutive looks that did not find it
         self._waiting: dict[JobKey, int] = {}
+        #: jobs whose launched object the API was asked for (see _launched_from_api)
+        self._launched_confirmed: set[JobKey] = set()
         self._pool_locks: dict[str, asyncio.Lock] = {}
         self._events: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=EVENT_QUEUE_SIZE)
         self._posters: list[asyncio.Task[None]] = []
@@ -191,6 +193,7 @@ class Controller:
             self.jobs.pop(key, None)
             self._observed.pop(key, None)
             self._waiting.pop(key, None)
+            self._launched_confirmed.discard(key)
             self.recorder.forget_job(key)
         else:
             old = self.jobs.get(key)
@@ -358,6 +361,8 @@ class Controller:
             return None
         now = self.clock.now()
         launched = self._newest_launched(key, job)
+        if launched is None and status.get("attempt") and key not in self._launched_confirmed:
+            launched = await self._launched_from_api(key, job, status)
         pool = self._pool_model(job.spec.scheduling.pool) if job.spec.scheduling.pool else None
         validated = any(
             c.get("type") == ConditionType.VALIDATED and c.get("status") == "True"
@@ -537,6 +542,27 @@ class Controller:
                 if o["metadata"]["name"] != name
             )
         )
+
+    async def _launched_from_api(
+        self, key: JobKey, job: FineTuneJob, status: dict[str, Any]
+    ) -> dict[str, Any] | None:
+        """A job that launched an attempt, with nothing launched in the cache: kopf starts
+        its watches together, so an operator just (re)started can look at a job before its
+        launched object arrives — and would launch it again ("was missing"). Ask the API
+        once per job and process before believing the cache."""
+        assert self.kube is not None
+        self._launched_confirmed.add(key)
+        name = (status.get("launcher") or {}).get("name")
+        if not name:
+            return None
+        try:
+            body = await self.kube.get(self.launcher_resource, name, key[0])
+        except ApiError as err:
+            if err.status == 404:
+                return None
+            raise
+        self.observe_launched("ADDED", body, enqueue=False)
+        return self._newest_launched(key, job)
 
     def _newest_launched(self, key: JobKey, job: FineTuneJob) -> dict[str, Any] | None:
         objects = self._owned_launched(key, job)

@@ -44,6 +44,8 @@ class ApiServer:
         self.logs: dict[str, str] = {}
         #: server-side applies: (path, query, body)
         self.applied: list[tuple[str, dict[str, str], dict[str, Any]]] = []
+        #: PyTorchJobs the server has, by name (GET only)
+        self.pytorchjobs: dict[str, dict[str, Any]] = {}
 
     async def handle(self, request: web.Request) -> web.Response:
         path, method = request.path, request.method
@@ -61,6 +63,8 @@ class ApiServer:
             and name in self.priority_classes
         ):
             return web.json_response({"kind": "WorkloadPriorityClass", "value": 1000})
+        if method == "GET" and "/pytorchjobs/" in path and name in self.pytorchjobs:
+            return web.json_response(self.pytorchjobs[name])
         if method == "GET" and path.endswith("/pods"):
             return web.json_response({"kind": "PodList", "items": self.pods})
         if method == "GET" and path.endswith("/log") and path.split("/")[-2] in self.logs:
@@ -524,3 +528,45 @@ async def test_the_trainjob_launcher_keeps_its_runtime_and_refuses_a_pool_priori
     assert failed[:2] == ("True", "PoolInvalid")
     assert "priorityClassName tidetune-preemptible" in failed[2]
     assert not any(path.endswith("/trainjobs") for _, path in server.calls)
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("exists", [True, False])
+async def test_a_restarted_operator_asks_the_api_before_calling_a_launched_job_missing(
+    api: tuple[ApiServer, Kube], config: OperatorConfig, tmp_path: Any, exists: bool
+) -> None:
+    """kopf starts its watches together: a restarted operator may look at a running job
+    before its PyTorchJob reaches the cache. It asks the API (once) and carries on with the
+    PyTorchJob it finds — no second launch, no 'was missing'; one truly gone is launched
+    again as before."""
+    server, kube = api
+    edits = {"spec.output.uri": f"file://{tmp_path}"}
+    body = job_body(**edits)
+    launched = PyTorchJobLauncher().build(make_job(edits=edits), config, None, 1, False)
+    launched["metadata"]["resourceVersion"] = "5"
+    launched["status"] = {"conditions": [{"type": "Created", "status": "True"}]}
+    name = launched["metadata"]["name"]
+    if exists:
+        server.pytorchjobs[name] = launched
+    body["status"] = {
+        "phase": "Running", "attempt": 1,
+        "launcher": {"kind": "PyTorchJob", "name": name, "apiVersion": "kubeflow.org/v1"},
+        "conditions": [{"type": "Validated", "status": "True", "reason": "SpecValid",
+                        "message": "ok", "lastTransitionTime": "2026-11-22T22:00:00Z"}],
+    }  # fmt: skip
+    _JOB.clear()
+    _JOB.update(body)
+    c = controller(config, kube)
+    c.observe_job("ADDED", body)  # the job's event first; the PyTorchJob's not yet
+    key = ("team-a", body["metadata"]["name"])
+    await c.reconcile_job(key)
+    await c.reconcile_job(key)
+    gets = [p for m, p in server.calls if m == "GET" and f"/pytorchjobs/{name}" in p]
+    assert len(gets) == 1  # asked once
+    created = [p for m, p in server.calls if m == "POST" and p.endswith("/pytorchjobs")]
+    timeline = [e["type"] for patch in server.status_patches for e in patch.get("timeline", [])]
+    if exists:
+        assert created == [] and "Relaunched" not in timeline
+        assert c._newest_launched(key, make_job(edits=edits)) is not None
+    else:
+        assert len(created) == 1 and "Relaunched" in timeline
