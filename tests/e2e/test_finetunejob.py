@@ -290,16 +290,33 @@ def test_a_two_node_job_runs_under_restricted_pod_security(
             resources={"nodes": 2, "gpusPerNode": 0},
         )
     )
-    st = stack.wait_phase(ns, "pair", "Succeeded", "Failed", timeout=300)
-    assert st["phase"] == "Succeeded", st.get("message")
-    pods = stack.pods(ns, "tidetune.io/job=pair")
     if stack.launcher == "TrainJob":
+        st = stack.wait_phase(ns, "pair", "Succeeded", "Failed", timeout=300)
+        assert st["phase"] == "Succeeded", st.get("message")
+        pods = stack.pods(ns, "tidetune.io/job=pair")
         # Trainer's torch plugin adds none: both nodes of the JobSet's Job reach rank 0 by
         # the JobSet's headless Service (PET_MASTER_ADDR)
         assert len(pods) == 2 and not any(p["spec"].get("initContainers") for p in pods)
         assert {p["status"]["phase"] for p in pods} == {"Succeeded"}
         return
-    worker = next(p for p in pods if p["metadata"]["name"].endswith("-worker-0"))
+
+    def worker_past_init() -> dict[str, Any] | None:
+        """The Worker once its init container has ended — looked at while the job runs: at
+        the end, cleanPodPolicy Running deletes a Worker still running when the Master is
+        done (seen on a loaded lab)."""
+        for pod in stack.pods(ns, "tidetune.io/job=pair"):
+            done = [
+                s for s in (pod.get("status") or {}).get("initContainerStatuses") or []
+                if "terminated" in s.get("state", {})
+            ]  # fmt: skip
+            if pod["metadata"]["name"].endswith("-worker-0") and done:
+                return pod
+        return None
+
+    worker = wait_for(worker_past_init, 300, "the Worker's init container to end",
+                      lambda: stack.describe(ns, "pair"))  # fmt: skip
+    st = stack.wait_phase(ns, "pair", "Succeeded", "Failed", timeout=300)
+    assert st["phase"] == "Succeeded", st.get("message")
     (init,) = worker["spec"]["initContainers"]
     assert init["name"] == "init-pytorch"
     assert init["securityContext"]["runAsNonRoot"] is True
