@@ -111,6 +111,21 @@ def job_body(**edits: Any) -> dict[str, Any]:
     return body
 
 
+def running_status(launched: str | None = None, **extra: Any) -> dict[str, Any]:
+    """A validated job's status in its first attempt, Running (with its PyTorchJob's name)."""
+    status: dict[str, Any] = {
+        "phase": "Running",
+        "attempt": 1,
+        "conditions": [{"type": "Validated", "status": "True", "reason": "SpecValid",
+                        "message": "ok", "lastTransitionTime": "2026-11-22T22:00:00Z"}],
+        **extra,
+    }  # fmt: skip
+    if launched:
+        status["launcher"] = {"kind": "PyTorchJob", "name": launched,
+                              "apiVersion": "kubeflow.org/v1"}  # fmt: skip
+    return status
+
+
 def controller(config: OperatorConfig, kube: Kube) -> Controller:
     c = Controller(config, PyTorchJobLauncher())
     c.kube = kube  # what start() sets; the test drives reconciles itself, no workers
@@ -388,11 +403,7 @@ async def test_a_failed_pod_is_read_and_its_log_kept_before_the_attempt_is_delet
     secret = "s3cr3t-value-0123456789"
     server.secrets["s3-creds"] = {"accessKey": "AKIALONGENOUGH", "secretKey": secret}
     body = job_body(**{"spec.output.uri": f"file://{tmp_path}", "spec.resources.nodes": 2})
-    body["status"] = {
-        "phase": "Running", "attempt": 1,
-        "conditions": [{"type": "Validated", "status": "True", "reason": "SpecValid",
-                        "message": "ok", "lastTransitionTime": "2026-11-22T22:00:00Z"}],
-    }  # fmt: skip
+    body["status"] = running_status()
     _JOB.clear()
     _JOB.update(body)
     c = controller(config, kube)
@@ -460,12 +471,7 @@ async def test_a_restarted_operator_ends_an_attempt_whose_pods_never_started(
     launched["status"] = {"conditions": [{"type": "Created", "status": "True"}]}
     name = launched["metadata"]["name"]
     since = datetime.now(UTC) - timedelta(minutes=20)
-    body["status"] = {
-        "phase": "Running", "attempt": 1, "podsPendingSince": since.isoformat(),
-        "launcher": {"kind": "PyTorchJob", "name": name, "apiVersion": "kubeflow.org/v1"},
-        "conditions": [{"type": "Validated", "status": "True", "reason": "SpecValid",
-                        "message": "ok", "lastTransitionTime": "2026-11-22T22:00:00Z"}],
-    }  # fmt: skip
+    body["status"] = running_status(launched=name, podsPendingSince=since.isoformat())
     _JOB.clear()
     _JOB.update(body)
     c.observe_job("ADDED", body)
@@ -548,12 +554,7 @@ async def test_a_restarted_operator_asks_the_api_before_calling_a_launched_job_m
     name = launched["metadata"]["name"]
     if exists:
         server.pytorchjobs[name] = launched
-    body["status"] = {
-        "phase": "Running", "attempt": 1,
-        "launcher": {"kind": "PyTorchJob", "name": name, "apiVersion": "kubeflow.org/v1"},
-        "conditions": [{"type": "Validated", "status": "True", "reason": "SpecValid",
-                        "message": "ok", "lastTransitionTime": "2026-11-22T22:00:00Z"}],
-    }  # fmt: skip
+    body["status"] = running_status(launched=name)
     _JOB.clear()
     _JOB.update(body)
     c = controller(config, kube)
