@@ -251,42 +251,43 @@ def test_two_namespaces_share_a_pool_fairly(stack: Stack, train_uri: str) -> Non
         )
 
 
+KUEUE_API = "kueue.x-k8s.io/v1beta2"
+KUEUE_FLAVOR = "lab-cpu"
+
+
+def resource_flavor() -> dict[str, Any]:
+    return {"apiVersion": KUEUE_API, "kind": "ResourceFlavor", "metadata": {"name": KUEUE_FLAVOR}}
+
+
+def cluster_queue(name: str, cpus: int, memory: str, **spec: Any) -> dict[str, Any]:
+    """A ClusterQueue of the lab's CPU flavor with ``cpus`` and ``memory`` as its quota."""
+    quota = [{"name": "cpu", "nominalQuota": cpus}, {"name": "memory", "nominalQuota": memory}]
+    group = {
+        "coveredResources": ["cpu", "memory"],
+        "flavors": [{"name": KUEUE_FLAVOR, "resources": quota}],
+    }
+    return {
+        "apiVersion": KUEUE_API,
+        "kind": "ClusterQueue",
+        "metadata": {"name": name},
+        "spec": {**spec, "namespaceSelector": {}, "resourceGroups": [group]},
+    }
+
+
+def local_queue(name: str, namespace: str, cluster_queue_name: str) -> dict[str, Any]:
+    return {
+        "apiVersion": KUEUE_API,
+        "kind": "LocalQueue",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {"clusterQueue": cluster_queue_name},
+    }
+
+
 def kueue_queues(cpus: int, namespace: str = "kueue") -> list[dict[str, Any]]:
-    flavor = "lab-cpu"
     return [
-        {
-            "apiVersion": "kueue.x-k8s.io/v1beta2",
-            "kind": "ResourceFlavor",
-            "metadata": {"name": flavor},
-        },
-        {
-            "apiVersion": "kueue.x-k8s.io/v1beta2",
-            "kind": "ClusterQueue",
-            "metadata": {"name": "team-cq"},
-            "spec": {
-                "namespaceSelector": {},
-                "resourceGroups": [
-                    {
-                        "coveredResources": ["cpu", "memory"],
-                        "flavors": [
-                            {
-                                "name": flavor,
-                                "resources": [
-                                    {"name": "cpu", "nominalQuota": cpus},
-                                    {"name": "memory", "nominalQuota": "32Gi"},
-                                ],
-                            }
-                        ],
-                    }
-                ],
-            },
-        },
-        {
-            "apiVersion": "kueue.x-k8s.io/v1beta2",
-            "kind": "LocalQueue",
-            "metadata": {"name": "team-queue", "namespace": namespace},
-            "spec": {"clusterQueue": "team-cq"},
-        },
+        resource_flavor(),
+        cluster_queue("team-cq", cpus, "32Gi"),
+        local_queue("team-queue", namespace, "team-cq"),
     ]
 
 
@@ -414,53 +415,15 @@ def kueue_cohort(ns: str) -> list[dict[str, Any]]:
     """Two ClusterQueues in one cohort: ``prod-cq`` owns the cohort's one CPU and takes it
     back from lower-priority Workloads (``reclaimWithinCohort: LowerPriority``); ``batch-cq``
     owns none and borrows it while prod is idle."""
-    flavor = "lab-cpu"
-
-    def cluster_queue(name: str, cpus: int) -> dict[str, Any]:
-        return {
-            "apiVersion": "kueue.x-k8s.io/v1beta2",
-            "kind": "ClusterQueue",
-            "metadata": {"name": name},
-            "spec": {
-                "cohortName": "lab-cohort",
-                "namespaceSelector": {},
-                "preemption": {
-                    "reclaimWithinCohort": "LowerPriority",
-                    "withinClusterQueue": "LowerPriority",
-                },
-                "resourceGroups": [
-                    {
-                        "coveredResources": ["cpu", "memory"],
-                        "flavors": [
-                            {
-                                "name": flavor,
-                                "resources": [
-                                    {"name": "cpu", "nominalQuota": cpus},
-                                    {"name": "memory", "nominalQuota": "8Gi"},
-                                ],
-                            }
-                        ],
-                    }
-                ],
-            },
-        }
-
-    def local_queue(name: str, cq: str) -> dict[str, Any]:
-        return {
-            "apiVersion": "kueue.x-k8s.io/v1beta2",
-            "kind": "LocalQueue",
-            "metadata": {"name": name, "namespace": ns},
-            "spec": {"clusterQueue": cq},
-        }
-
+    preemption = {"reclaimWithinCohort": "LowerPriority", "withinClusterQueue": "LowerPriority"}
     return [
-        {"apiVersion": "kueue.x-k8s.io/v1beta2", "kind": "ResourceFlavor",
-         "metadata": {"name": flavor}},
-        cluster_queue("prod-cq", 1),  # one tiny job (1 CPU) at a time
-        cluster_queue("batch-cq", 0),
-        local_queue("prod", "prod-cq"),
-        local_queue("batch", "batch-cq"),
-    ]  # fmt: skip
+        resource_flavor(),
+        # one tiny job (1 CPU) at a time
+        cluster_queue("prod-cq", 1, "8Gi", cohortName="lab-cohort", preemption=preemption),
+        cluster_queue("batch-cq", 0, "8Gi", cohortName="lab-cohort", preemption=preemption),
+        local_queue("prod", ns, "prod-cq"),
+        local_queue("batch", ns, "batch-cq"),
+    ]
 
 
 def test_kueue_preempts_a_lower_priority_job_which_resumes_from_its_checkpoint(
