@@ -68,6 +68,20 @@ def fresh(stack: Stack, namespace: str, name: str) -> None:
     stack.kubectl("-n", namespace, "delete", "ftj", name, "--ignore-not-found", "--wait=true")
 
 
+def run_to_success(
+    stack: Stack, namespace: str, name: str, docs: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """Apply the example's documents afresh; its status once it Succeeded (took printed)."""
+    fresh(stack, namespace, name)
+    started = time.monotonic()
+    stack.apply(*docs)
+    st = stack.wait_phase(namespace, name, "Succeeded", "Failed", timeout=420)
+    took = time.monotonic() - started
+    assert st["phase"] == "Succeeded", st.get("message")
+    print(f"{name}: {took:.0f} s, status.metrics {st['metrics']}")
+    return st
+
+
 def load_example(name: str) -> list[dict[str, Any]]:
     return [d for d in yaml.safe_load_all((EXAMPLES / name).read_text()) if d]
 
@@ -208,13 +222,7 @@ def test_grpo_example_runs_with_its_rules_in_the_reward_sidecar(
         }
     )
     name = job["metadata"]["name"]
-    fresh(stack, ns, name)
-    started = time.monotonic()
-    stack.apply(*docs)
-    st = stack.wait_phase(ns, name, "Succeeded", "Failed", timeout=420)
-    took = time.monotonic() - started
-    assert st["phase"] == "Succeeded", st.get("message")
-    print(f"grpo: {took:.0f} s, status.metrics {st['metrics']}")
+    st = run_to_success(stack, ns, name, docs)
     metrics = st["metrics"]
     for key in ("reward", "rewardStd", "kl", "completionLength"):
         assert key in metrics, metrics
@@ -277,13 +285,7 @@ def test_ppo_example_trains_a_value_head_with_its_runtime_image(
     # and the policy something to learn from (rewards/2)
     rl["rewards"].append({"preset": "regex-match", "params": {"pattern": "="}, "weight": 0.25})
     name = job["metadata"]["name"]
-    fresh(stack, ns, name)
-    started = time.monotonic()
-    stack.apply(*docs)
-    st = stack.wait_phase(ns, name, "Succeeded", "Failed", timeout=420)
-    took = time.monotonic() - started
-    assert st["phase"] == "Succeeded", st.get("message")
-    print(f"ppo: {took:.0f} s, status.metrics {st['metrics']}")
+    st = run_to_success(stack, ns, name, docs)
     assert "reward" in st["metrics"] and "kl" in st["metrics"]
     assert st["attempt"] == 1 and st["failures"] == 0
     lines = [m for m in metric_lines(stack, run_root(st)) if "reward" in m]
